@@ -1,0 +1,85 @@
+"""Small pytree helpers shared by the kernels (not public API)."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import jax
+import jax.numpy as jnp
+from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
+
+__all__ = ["normal_like", "check_positive", "check_nonnegative", "check_in_range"]
+
+
+def normal_like(rng_key: PRNGKey, tree: ArrayLikeTree) -> ArrayTree:
+    """Standard normal noise shaped like ``tree``, drawn leaf by leaf.
+
+    Each leaf is drawn in its own dtype with its own key, so XLA can fuse the
+    draw with the axpy that consumes it. (``blackjax.util.generate_gaussian_noise``
+    ravels the whole pytree into one vector first, which costs a concatenate and
+    a split per step.)
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(rng_key, len(leaves))
+    noise = [
+        jax.random.normal(k, jnp.shape(x), dtype=jnp.result_type(x))
+        for k, x in zip(keys, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, noise)
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"`{name}` must be a real number, got {value!r} "
+                f"of type {type(value).__name__}"
+            ) from None
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be finite, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value) -> float:
+    """Return ``value`` as a float, or raise naming ``name`` if not finite and > 0."""
+    v = _as_float(name, value)
+    if v <= 0:
+        raise ValueError(f"`{name}` must be > 0, got {value!r}")
+    return v
+
+
+def check_nonnegative(name: str, value) -> float:
+    """Return ``value`` as a float, or raise naming ``name`` if not finite and >= 0."""
+    v = _as_float(name, value)
+    if v < 0:
+        raise ValueError(f"`{name}` must be >= 0, got {value!r}")
+    return v
+
+
+def check_in_range(name: str, value, low: float, high: float) -> float:
+    """Return ``value`` as a float, or raise unless ``low < value <= high``."""
+    v = _as_float(name, value)
+    if not (low < v <= high):
+        raise ValueError(f"`{name}` must be in ({low}, {high}], got {value!r}")
+    return v
+
+
+def check_positive_int(name: str, value) -> int:
+    """Return ``value`` as an int, or raise unless it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int | jnp.integer):
+        raise TypeError(f"`{name}` must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"`{name}` must be >= 1, got {value!r}")
+    return int(value)
+
+
+def concrete_or_none(value):
+    """The Python float of ``value`` when it is concrete, ``None`` when traced."""
+    try:
+        return float(value)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None

@@ -1,0 +1,5 @@
+"""Entropy-MCMC and the SG-MCMC baselines that BlackJAX lacks."""
+
+from flatjax.sgmcmc import diffusions, emcmc, emcmc_sghmc
+
+__all__ = ["diffusions", "emcmc", "emcmc_sghmc"]

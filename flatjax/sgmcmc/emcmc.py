@@ -1,0 +1,388 @@
+r"""Entropy-MCMC (Li & Zhang, ICLR 2024): SGLD on the joint of theta and its guide.
+
+The joint density at temperature :math:`T` is
+
+.. math::
+
+    p(\theta, \theta_a) \propto \exp\Big(-\frac{1}{T}\Big[U(\theta)
+        + \frac{\|\theta - \theta_a\|^2}{2\eta}
+        + \frac{\lambda_a}{2}\|\theta_a\|^2\Big]\Big),
+
+with :math:`U = -\log p(\theta \mid \mathcal{D})` and an optional Gaussian prior of
+precision :math:`\lambda_a` (``guide_prior_precision``) on the guide. With
+:math:`\lambda_a = 0` (the paper's joint) the :math:`\theta`-marginal is the exact
+tempered posterior and the guide's marginal is that posterior convolved with
+:math:`\mathcal{N}(0, \eta T I)`: every basin keeps its mass but sharp peaks are
+smeared away, and the coupling pulls :math:`\theta` toward flat basins.
+
+One step is the Euler-Maruyama update of the overdamped Langevin diffusion on the
+pytree ``{position, guide}``, both blocks from the *old* values:
+
+.. math::
+
+    \theta'   &= \theta + h\,[\nabla \log \hat p(\theta) - (\theta - \theta_a)/\eta]
+                 + \sqrt{2hT}\,\xi \\
+    \theta_a' &= \theta_a + h\,[(\theta - \theta_a)/\eta - \lambda_a \theta_a]
+                 + \sqrt{2hT}\,\xi_a
+
+It costs one model gradient per step, the same as :func:`blackjax.sgld`. The
+coupling has stiffness :math:`2/\eta`, so the step is stable only for
+:math:`h < \eta` (checked whenever the step size is a concrete number).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from blackjax.base import SamplingAlgorithm
+from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
+
+from flatjax._util import (
+    check_nonnegative,
+    check_positive,
+    concrete_or_none,
+    normal_like,
+)
+from flatjax.sgmcmc import diffusions
+
+__all__ = [
+    "EMCMCState",
+    "ReferenceHyperparameters",
+    "init",
+    "build_kernel",
+    "as_top_level_api",
+    "joint_logdensity",
+    "joint_gradient",
+    "sample_guide",
+    "from_reference_hyperparameters",
+]
+
+
+class EMCMCState(NamedTuple):
+    """State of an Entropy-MCMC chain.
+
+    position
+        The sample :math:`\\theta`; its marginal is the (tempered) posterior.
+    guide
+        The guide :math:`\\theta_a`; its marginal is the posterior smoothed by
+        :math:`\\mathcal{N}(0, \\eta T I)` (local entropy).
+    """
+
+    position: ArrayTree
+    guide: ArrayTree
+
+
+def _check_floating(position: ArrayLikeTree) -> None:
+    leaves = jax.tree_util.tree_leaves_with_path(position)
+    if not leaves:
+        raise ValueError("`position` is an empty pytree: there is nothing to sample")
+    for path, leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"`position` leaf {jax.tree_util.keystr(path) or '<root>'} has dtype "
+                f"{dtype}; positions must be floating point (e.g. float32)"
+            )
+
+
+def init(position: ArrayLikeTree) -> EMCMCState:
+    """Start a chain with the guide at the position (as the reference code does).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> state = init({"w": jnp.ones(2)})
+    >>> state.guide["w"]
+    Array([1., 1.], dtype=float32)
+    """
+    _check_floating(position)
+    position = jax.tree.map(jnp.asarray, position)
+    return EMCMCState(position, jax.tree.map(jnp.copy, position))
+
+
+def coupling_pull(state: EMCMCState, eta: float) -> ArrayTree:
+    """The pull of the guide on the position, ``(theta_a - theta) / eta``."""
+    return jax.tree.map(lambda x, a: (a - x) / eta, state.position, state.guide)
+
+
+def joint_gradient(
+    logdensity_grad: ArrayLikeTree,
+    state: EMCMCState,
+    eta: float,
+    guide_prior_precision: float = 0.0,
+) -> EMCMCState:
+    """Gradient of the joint log-density (untempered) from the model's gradient.
+
+    ``logdensity_grad`` is the (estimated) gradient of ``log p(theta | D)`` at
+    ``state.position``; the coupling adds ``-(theta - theta_a) / eta`` to it and
+    gives the guide ``(theta - theta_a) / eta - guide_prior_precision * theta_a``.
+    """
+    pull = coupling_pull(state, eta)
+    grad_position = jax.tree.map(jnp.add, logdensity_grad, pull)
+    if guide_prior_precision:
+        grad_guide = jax.tree.map(
+            lambda d, a: -d - guide_prior_precision * a, pull, state.guide
+        )
+    else:
+        grad_guide = jax.tree.map(jnp.negative, pull)
+    return EMCMCState(grad_position, grad_guide)
+
+
+def check_step_size(step_size, eta: float, temperature=1.0) -> None:
+    """Raise ``ValueError`` for a concrete step size or temperature that cannot work.
+
+    The coupling term has Hessian eigenvalues ``0`` and ``2 / eta``, so the
+    Euler step diverges for ``step_size >= eta`` whatever the model. Traced values
+    (inside ``jit``) cannot be checked here; the run loop checks its schedule
+    before it starts and reports NaNs with the step at which they appeared.
+    """
+    h = concrete_or_none(step_size)
+    if h is not None:
+        if not h > 0:
+            raise ValueError(f"`step_size` must be > 0, got {h!r}")
+        if h >= eta:
+            raise ValueError(
+                f"`step_size`={h!r} >= `eta`={eta!r}: the Entropy-MCMC coupling has "
+                f"stiffness 2/eta, so the Langevin step diverges unless "
+                f"step_size < eta. Lower the step size or raise eta."
+            )
+    t = concrete_or_none(temperature)
+    if t is not None and not t >= 0:
+        raise ValueError(f"`temperature` must be >= 0, got {t!r}")
+
+
+def build_kernel(eta: float, guide_prior_precision: float = 0.0) -> Callable:
+    """Build the Entropy-MCMC (SGLD flavour) transition kernel.
+
+    Parameters
+    ----------
+    eta
+        Variance of the coupling between ``theta`` and its guide; the guide sees
+        the posterior smoothed at scale ``sqrt(eta * T)``.
+    guide_prior_precision
+        Precision of an optional ``N(0, 1/lambda)`` prior on the guide (the
+        reference code's weight decay on the guide is ``N * weight_decay``).
+
+    Returns
+    -------
+    ``kernel(rng_key, state, grad_estimator, minibatch, step_size, temperature=1.0)``
+    returning the new :class:`EMCMCState`.
+    """
+    eta = check_positive("eta", eta)
+    guide_prior_precision = check_nonnegative(
+        "guide_prior_precision", guide_prior_precision
+    )
+    integrator = diffusions.overdamped_langevin()
+
+    def kernel(
+        rng_key: PRNGKey,
+        state: EMCMCState,
+        grad_estimator: Callable,
+        minibatch: ArrayLikeTree,
+        step_size: float,
+        temperature: float = 1.0,
+    ) -> EMCMCState:
+        check_step_size(step_size, eta, temperature)
+        logdensity_grad = grad_estimator(state.position, minibatch)
+        grad = joint_gradient(logdensity_grad, state, eta, guide_prior_precision)
+        return integrator(rng_key, state, grad, step_size, temperature)
+
+    return kernel
+
+
+def as_top_level_api(
+    grad_estimator: Callable, eta: float, guide_prior_precision: float = 0.0
+) -> SamplingAlgorithm:
+    """Entropy-MCMC with an SGLD update of the joint, in BlackJAX's interface.
+
+    It is a drop-in beside ``blackjax.sgld(grad_estimator)``: the same
+    ``step(rng_key, state, minibatch, step_size, temperature)`` call, one model
+    gradient per step, and a state that carries the guide next to the position.
+
+    Parameters
+    ----------
+    grad_estimator
+        ``grad_estimator(position, minibatch)`` -> estimate of the gradient of the
+        log-posterior, e.g. ``blackjax.sgmcmc.gradients.grad_estimator``.
+    eta
+        Coupling variance (the paper uses ``4e-4`` on CIFAR in the mean-loss scale
+        of its code, see :func:`from_reference_hyperparameters`). Must be > 0.
+    guide_prior_precision
+        Precision of a Gaussian prior on the guide; ``0`` is the paper's joint.
+
+    Returns
+    -------
+    A ``blackjax.base.SamplingAlgorithm`` with ``init(position)`` and ``step``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, blackjax, flatjax
+    >>> data = jnp.linspace(-1.0, 1.0, 20)
+    >>> grad_fn = blackjax.sgmcmc.gradients.grad_estimator(
+    ...     lambda p: -0.5 * p**2, lambda p, x: -0.5 * (x - p) ** 2, data_size=20)
+    >>> emcmc = flatjax.emcmc(grad_fn, eta=0.1)
+    >>> state = emcmc.init(jnp.asarray(0.5))
+    >>> step = jax.jit(emcmc.step)
+    >>> state = step(jax.random.key(0), state, data[:5], 1e-3)
+    >>> state.position.shape, state.guide.shape
+    ((), ())
+    """
+    kernel = build_kernel(eta, guide_prior_precision)
+
+    def init_fn(position: ArrayLikeTree, rng_key: PRNGKey | None = None) -> EMCMCState:
+        del rng_key
+        return init(position)
+
+    def step_fn(
+        rng_key: PRNGKey,
+        state: EMCMCState,
+        minibatch: ArrayLikeTree,
+        step_size: float,
+        temperature: float = 1.0,
+    ) -> EMCMCState:
+        return kernel(rng_key, state, grad_estimator, minibatch, step_size, temperature)
+
+    return SamplingAlgorithm(init_fn, step_fn)  # type: ignore[arg-type]
+
+
+def _split_joint(x) -> tuple[ArrayTree, ArrayTree]:
+    if isinstance(x, EMCMCState):
+        return x.position, x.guide
+    try:
+        return x["position"], x["guide"]
+    except (KeyError, TypeError, IndexError):
+        raise TypeError(
+            "the joint position must be a dict {'position': theta, 'guide': theta_a} "
+            f"or an EMCMCState, got {type(x).__name__}"
+        ) from None
+
+
+def _sq_norm_diff(a: ArrayTree, b: ArrayTree) -> jax.Array:
+    leaves = jax.tree.leaves(jax.tree.map(lambda x, y: jnp.sum((x - y) ** 2), a, b))
+    return sum(leaves[1:], leaves[0])
+
+
+def joint_logdensity(
+    logdensity_fn: Callable,
+    eta: float,
+    temperature: float = 1.0,
+    guide_prior_precision: float = 0.0,
+) -> Callable:
+    """The exact Entropy-MCMC joint log-density, for any full-batch BlackJAX kernel.
+
+    ``joint({"position": theta, "guide": theta_a})`` is
+    ``(logdensity_fn(theta) - |theta - theta_a|^2 / (2 eta)
+    - guide_prior_precision |theta_a|^2 / 2) / temperature``; its
+    ``theta``-marginal is ``p(theta)^(1/T)`` (for ``guide_prior_precision=0``).
+
+    Examples
+    --------
+    Run NUTS on the joint of a 1-D standard normal:
+
+    >>> import jax, jax.numpy as jnp, blackjax
+    >>> joint = joint_logdensity(lambda x: -0.5 * jnp.sum(x**2), eta=0.5)
+    >>> nuts = blackjax.nuts(joint, step_size=0.5, inverse_mass_matrix=jnp.ones(2))
+    >>> state = nuts.init({"position": jnp.zeros(1), "guide": jnp.zeros(1)})
+    >>> state, info = jax.jit(nuts.step)(jax.random.key(0), state)
+    >>> sorted(state.position)
+    ['guide', 'position']
+    """
+    eta = check_positive("eta", eta)
+    temperature = check_positive("temperature", temperature)
+    guide_prior_precision = check_nonnegative(
+        "guide_prior_precision", guide_prior_precision
+    )
+
+    def joint(x) -> jax.Array:
+        position, guide = _split_joint(x)
+        value = logdensity_fn(position) - _sq_norm_diff(position, guide) / (2 * eta)
+        if guide_prior_precision:
+            zeros = jax.tree.map(jnp.zeros_like, guide)
+            value = value - 0.5 * guide_prior_precision * _sq_norm_diff(guide, zeros)
+        return value / temperature
+
+    return joint
+
+
+def sample_guide(
+    rng_key: PRNGKey,
+    position: ArrayLikeTree,
+    eta: float,
+    temperature: float = 1.0,
+    guide_prior_precision: float = 0.0,
+) -> ArrayTree:
+    """Exact Gibbs draw of the guide given the position.
+
+    ``theta_a | theta ~ N(theta / (1 + eta lambda), eta T / (1 + eta lambda) I)``
+    (``lambda = guide_prior_precision``; ``N(theta, eta T I)`` for the paper's
+    joint). Alternate it with any BlackJAX kernel on ``theta | theta_a`` (whose
+    log-density is ``logdensity_fn(theta) - |theta - theta_a|^2 / (2 eta)``) for a
+    Gibbs sampler of the joint.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> guide = sample_guide(jax.random.key(1), {"w": jnp.zeros(3)}, eta=0.1)
+    >>> guide["w"].shape
+    (3,)
+    """
+    eta = check_positive("eta", eta)
+    temperature = check_nonnegative("temperature", temperature)
+    guide_prior_precision = check_nonnegative(
+        "guide_prior_precision", guide_prior_precision
+    )
+    shrink = 1.0 / (1.0 + eta * guide_prior_precision)
+    scale = (eta * temperature * shrink) ** 0.5
+    noise = normal_like(rng_key, position)
+    return jax.tree.map(lambda x, n: shrink * x + scale * n, position, noise)
+
+
+class ReferenceHyperparameters(NamedTuple):
+    """Entropy-MCMC hyper-parameters in flatjax's (log-posterior) scale."""
+
+    step_size: float
+    temperature: float
+    eta: float
+    prior_precision: float
+    guide_prior_precision: float
+
+
+def from_reference_hyperparameters(
+    lr: float,
+    data_size: int,
+    temperature: float = 1e-4,
+    eta: float = 4e-4,
+    weight_decay: float = 5e-4,
+) -> ReferenceHyperparameters:
+    """Convert the reference (PyTorch) code's knobs to this library's.
+
+    The reference code runs plain SGD with learning rate ``lr`` and weight decay
+    ``wd`` on ``CE_mean + |theta - theta_a|^2 / (2 eta N)`` plus a noise term, over
+    ``theta`` and ``theta_a`` together. One of its steps is exactly SGLD at
+    temperature ``tau`` with step size ``lr / N`` on
+    ``U = N CE_mean + |theta - theta_a|^2 / (2 eta) + N wd / 2 (|theta|^2 + |theta_a|^2)``:
+    the learning rate is ``N`` times the Langevin step and weight decay is a
+    Gaussian prior of precision ``N wd`` on ``theta`` and on the guide.
+
+    Examples
+    --------
+    >>> hp = from_reference_hyperparameters(lr=0.5, data_size=50_000)
+    >>> hp.step_size, hp.prior_precision, hp.guide_prior_precision
+    (1e-05, 25.0, 25.0)
+    """
+    lr = check_positive("lr", lr)
+    if isinstance(data_size, bool) or not isinstance(data_size, int) or data_size < 1:
+        raise ValueError(f"`data_size` must be a positive integer, got {data_size!r}")
+    temperature = check_nonnegative("temperature", temperature)
+    eta = check_positive("eta", eta)
+    weight_decay = check_nonnegative("weight_decay", weight_decay)
+    return ReferenceHyperparameters(
+        step_size=lr / data_size,
+        temperature=temperature,
+        eta=eta,
+        prior_precision=data_size * weight_decay,
+        guide_prior_precision=data_size * weight_decay,
+    )

@@ -1,0 +1,191 @@
+r"""Entropy-MCMC, SGHMC flavour: stochastic-gradient HMC on the joint of theta and guide.
+
+The same joint as :mod:`flatjax.sgmcmc.emcmc`, integrated with the SGHMC
+diffusion of :func:`blackjax.sgmcmc.diffusions.sghmc` (friction ``alpha``,
+Ma et al. 2015 parameterisation). Unlike :func:`blackjax.sghmc`, which
+resamples the momentum at every call and runs ``num_integration_steps`` leapfrog
+steps, the momentum here is part of the state and persists across steps, as in
+cyclical SGHMC (Zhang et al. 2020): one model gradient per step. With step
+``h`` and friction ``alpha``,
+
+.. math::
+
+    x' = x + h\,p, \qquad
+    p' = (1 - \alpha h)\,p + h\,\nabla \log p_{\text{joint}}(x) + \sqrt{2\alpha h T}\,\xi,
+
+for ``x = (theta, theta_a)``. The stationary law of the continuous-time limit is
+the tempered joint with ``p ~ N(0, T I)``. On the coupling direction (curvature
+``2 / eta``) the recursion is stable iff ``h^2 < eta (2 - alpha h)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from blackjax.base import SamplingAlgorithm
+from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
+
+from flatjax._util import (
+    check_in_range,
+    check_nonnegative,
+    check_positive,
+    concrete_or_none,
+)
+from flatjax.sgmcmc import diffusions
+from flatjax.sgmcmc import emcmc as _emcmc
+
+__all__ = ["EMCMCSGHMCState", "init", "build_kernel", "as_top_level_api"]
+
+
+class EMCMCSGHMCState(NamedTuple):
+    """State of an Entropy-MCMC SGHMC chain.
+
+    position, guide
+        As in :class:`flatjax.sgmcmc.emcmc.EMCMCState`.
+    momentum
+        An :class:`~flatjax.sgmcmc.emcmc.EMCMCState` holding the momenta of the
+        position and of the guide.
+    """
+
+    position: ArrayTree
+    guide: ArrayTree
+    momentum: _emcmc.EMCMCState
+
+
+def init(position: ArrayLikeTree) -> EMCMCSGHMCState:
+    """Guide at the position, zero momenta.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> init(jnp.ones(2)).momentum.guide
+    Array([0., 0.], dtype=float32)
+    """
+    state = _emcmc.init(position)
+    momentum = jax.tree.map(jnp.zeros_like, state)
+    return EMCMCSGHMCState(state.position, state.guide, momentum)
+
+
+def check_step_size(step_size, eta: float, alpha: float, temperature=1.0) -> None:
+    """Raise ``ValueError`` for a concrete step size that makes the coupling diverge.
+
+    On the coupling direction (curvature ``2 / eta``) the SGHMC recursion has
+    characteristic polynomial ``z^2 - (2 - alpha h - 2 h^2 / eta) z + 1 - alpha h``,
+    stable (Jury) iff ``0 < alpha h < 2`` and ``h^2 < eta (2 - alpha h)``.
+    """
+    h = concrete_or_none(step_size)
+    if h is not None:
+        if not h > 0:
+            raise ValueError(f"`step_size` must be > 0, got {h!r}")
+        if not (alpha * h < 2 and h * h < eta * (2 - alpha * h)):
+            raise ValueError(
+                f"`step_size`={h!r} is unstable for `eta`={eta!r}, `alpha`={alpha!r}: "
+                f"SGHMC on the Entropy-MCMC coupling needs "
+                f"step_size^2 < eta * (2 - alpha * step_size)."
+            )
+    t = concrete_or_none(temperature)
+    if t is not None and not t >= 0:
+        raise ValueError(f"`temperature` must be >= 0, got {t!r}")
+
+
+def build_kernel(
+    eta: float,
+    alpha: float = 0.01,
+    beta: float = 0.0,
+    guide_prior_precision: float = 0.0,
+) -> Callable:
+    """Build the Entropy-MCMC SGHMC kernel.
+
+    Parameters
+    ----------
+    eta
+        Coupling variance, > 0.
+    alpha
+        Friction in ``(0, 1]`` (blackjax's parameterisation; ``1 - alpha * h`` is
+        the momentum decay per step).
+    beta
+        Estimate of the gradient-noise variance subtracted from the injected
+        noise, >= 0 (as in blackjax; 0 by default).
+    guide_prior_precision
+        Precision of an optional Gaussian prior on the guide.
+    """
+    eta = check_positive("eta", eta)
+    alpha = check_in_range("alpha", alpha, 0.0, 1.0)
+    beta = check_nonnegative("beta", beta)
+    guide_prior_precision = check_nonnegative(
+        "guide_prior_precision", guide_prior_precision
+    )
+    integrator = diffusions.sghmc(alpha, beta)
+
+    def kernel(
+        rng_key: PRNGKey,
+        state: EMCMCSGHMCState,
+        grad_estimator: Callable,
+        minibatch: ArrayLikeTree,
+        step_size: float,
+        temperature: float = 1.0,
+    ) -> EMCMCSGHMCState:
+        check_step_size(step_size, eta, alpha, temperature)
+        joint = _emcmc.EMCMCState(state.position, state.guide)
+        logdensity_grad = grad_estimator(state.position, minibatch)
+        grad = _emcmc.joint_gradient(logdensity_grad, joint, eta, guide_prior_precision)
+        joint, momentum = integrator(
+            rng_key, joint, state.momentum, grad, step_size, temperature
+        )
+        return EMCMCSGHMCState(joint.position, joint.guide, momentum)
+
+    return kernel
+
+
+def as_top_level_api(
+    grad_estimator: Callable,
+    eta: float,
+    alpha: float = 0.01,
+    beta: float = 0.0,
+    guide_prior_precision: float = 0.0,
+) -> SamplingAlgorithm:
+    """Entropy-MCMC with an SGHMC update of the joint, in BlackJAX's interface.
+
+    Parameters
+    ----------
+    grad_estimator
+        ``grad_estimator(position, minibatch)`` -> gradient of the log-posterior.
+    eta
+        Coupling variance, > 0.
+    alpha
+        Friction in ``(0, 1]``.
+    beta
+        Gradient-noise estimate, >= 0.
+    guide_prior_precision
+        Precision of a Gaussian prior on the guide; ``0`` is the paper's joint.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, blackjax, flatjax
+    >>> grad_fn = blackjax.sgmcmc.gradients.grad_estimator(
+    ...     lambda p: -0.5 * p**2, lambda p, x: -0.5 * (x - p) ** 2, data_size=20)
+    >>> sampler = flatjax.emcmc_sghmc(grad_fn, eta=0.1, alpha=0.1)
+    >>> state = sampler.init(jnp.asarray(0.5))
+    >>> state = jax.jit(sampler.step)(jax.random.key(0), state, jnp.zeros(5), 1e-2)
+    >>> state.momentum.position.shape
+    ()
+    """
+    kernel = build_kernel(eta, alpha, beta, guide_prior_precision)
+
+    def init_fn(position: ArrayLikeTree, rng_key: PRNGKey | None = None):
+        del rng_key
+        return init(position)
+
+    def step_fn(
+        rng_key: PRNGKey,
+        state: EMCMCSGHMCState,
+        minibatch: ArrayLikeTree,
+        step_size: float,
+        temperature: float = 1.0,
+    ) -> EMCMCSGHMCState:
+        return kernel(rng_key, state, grad_estimator, minibatch, step_size, temperature)
+
+    return SamplingAlgorithm(init_fn, step_fn)  # type: ignore[arg-type]

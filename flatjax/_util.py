@@ -35,8 +35,7 @@ def _as_float(name: str, value) -> float:
             value = float(value)
         except (TypeError, ValueError):
             raise TypeError(
-                f"`{name}` must be a real number, got {value!r} "
-                f"of type {type(value).__name__}"
+                f"`{name}` must be a real number, got {value!r} of type {type(value).__name__}"
             ) from None
     value = float(value)
     if not math.isfinite(value):

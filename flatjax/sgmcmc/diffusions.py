@@ -73,9 +73,7 @@ def sghmc(alpha: float = 0.01, beta: float = 0.0) -> Callable:
         temperature: float = 1.0,
     ):
         noise = normal_like(rng_key, momentum)
-        scale = jnp.sqrt(
-            step_size * temperature * (2 * alpha - step_size * temperature * beta)
-        )
+        scale = jnp.sqrt(step_size * temperature * (2 * alpha - step_size * temperature * beta))
         new_position = jax.tree.map(lambda x, p: x + step_size * p, position, momentum)
         new_momentum = jax.tree.map(
             lambda p, g, n: (1.0 - alpha * step_size) * p + step_size * g + scale * n,

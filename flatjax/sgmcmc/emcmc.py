@@ -123,9 +123,7 @@ def joint_gradient(
     pull = coupling_pull(state, eta)
     grad_position = jax.tree.map(jnp.add, logdensity_grad, pull)
     if guide_prior_precision:
-        grad_guide = jax.tree.map(
-            lambda d, a: -d - guide_prior_precision * a, pull, state.guide
-        )
+        grad_guide = jax.tree.map(lambda d, a: -d - guide_prior_precision * a, pull, state.guide)
     else:
         grad_guide = jax.tree.map(jnp.negative, pull)
     return EMCMCState(grad_position, grad_guide)
@@ -172,9 +170,7 @@ def build_kernel(eta: float, guide_prior_precision: float = 0.0) -> Callable:
     returning the new :class:`EMCMCState`.
     """
     eta = check_positive("eta", eta)
-    guide_prior_precision = check_nonnegative(
-        "guide_prior_precision", guide_prior_precision
-    )
+    guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)
     integrator = diffusions.overdamped_langevin()
 
     def kernel(
@@ -292,9 +288,7 @@ def joint_logdensity(
     """
     eta = check_positive("eta", eta)
     temperature = check_positive("temperature", temperature)
-    guide_prior_precision = check_nonnegative(
-        "guide_prior_precision", guide_prior_precision
-    )
+    guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)
 
     def joint(x) -> jax.Array:
         position, guide = _split_joint(x)
@@ -331,9 +325,7 @@ def sample_guide(
     """
     eta = check_positive("eta", eta)
     temperature = check_nonnegative("temperature", temperature)
-    guide_prior_precision = check_nonnegative(
-        "guide_prior_precision", guide_prior_precision
-    )
+    guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)
     shrink = 1.0 / (1.0 + eta * guide_prior_precision)
     scale = (eta * temperature * shrink) ** 0.5
     noise = normal_like(rng_key, position)

@@ -115,9 +115,7 @@ def build_kernel(
     eta = check_positive("eta", eta)
     alpha = check_in_range("alpha", alpha, 0.0, 1.0)
     beta = check_nonnegative("beta", beta)
-    guide_prior_precision = check_nonnegative(
-        "guide_prior_precision", guide_prior_precision
-    )
+    guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)
     integrator = diffusions.sghmc(alpha, beta)
 
     def kernel(
@@ -132,9 +130,7 @@ def build_kernel(
         joint = _emcmc.EMCMCState(state.position, state.guide)
         logdensity_grad = grad_estimator(state.position, minibatch)
         grad = _emcmc.joint_gradient(logdensity_grad, joint, eta, guide_prior_precision)
-        joint, momentum = integrator(
-            rng_key, joint, state.momentum, grad, step_size, temperature
-        )
+        joint, momentum = integrator(rng_key, joint, state.momentum, grad, step_size, temperature)
         return EMCMCSGHMCState(joint.position, joint.guide, momentum)
 
     return kernel

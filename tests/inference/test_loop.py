@@ -1,0 +1,224 @@
+"""The run loop: equality with a hand-written loop, collection, BMA, divergence, errors."""
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import flatjax
+from flatjax.inference import bma, loop, optimizer
+from flatjax.nn import glue
+
+N, D, C = 96, 5, 3
+
+
+@pytest.fixture(scope="module")
+def problem():
+    kx, kw, ky = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (N, D))
+    logits = x @ jax.random.normal(kw, (D, C))
+    y = jax.random.categorical(ky, logits)
+    apply_fn = lambda p, xb: xb @ p["w"] + p["b"]
+    ll = glue.categorical_loglikelihood(apply_fn)
+    grad_fn = glue.grad_estimator(glue.gaussian_logprior(1.0), ll, N)
+    params = {"w": jnp.zeros((D, C)), "b": jnp.zeros(C)}
+    predict = lambda p, xb: jax.nn.softmax(apply_fn(p, xb))
+    return x, y, grad_fn, params, predict
+
+
+def stack_chains(params, num_chains):
+    return jax.tree.map(lambda a: jnp.stack([a + 0.01 * i for i in range(num_chains)]), params)
+
+
+def test_loop_equals_hand_written_python_loop(problem):
+    x, y, grad_fn, params, _ = problem
+    sgld = blackjax.sgld(grad_fn)
+    num_chains, num_epochs, batch_size = 2, 3, 32
+    schedule = lambda step: 1e-3 / (1.0 + 0.1 * step)
+    key = jax.random.key(42)
+    init = stack_chains(params, num_chains)
+    result = loop.run(
+        sgld,
+        init,
+        (x, y),
+        key,
+        num_epochs=num_epochs,
+        batch_size=batch_size,
+        step_size=schedule,
+        temperature=0.5,
+        collect=loop.every(1),
+        progress=False,
+    )
+    num_batches = N // batch_size
+    step = jax.jit(sgld.step)
+    for c in range(num_chains):
+        position = jax.tree.map(lambda a: a[c], init)
+        for epoch in range(num_epochs):
+            chain_key = jax.random.split(jax.random.fold_in(key, epoch), num_chains)[c]
+            perm_key, steps_key = jax.random.split(chain_key)
+            perm = jax.random.permutation(perm_key, N)
+            keys = jax.random.split(steps_key, num_batches)
+            for i in range(num_batches):
+                idx = perm[i * batch_size : (i + 1) * batch_size]
+                g = epoch * num_batches + i
+                position = step(keys[i], position, (x[idx], y[idx]), schedule(g), 0.5)
+            sample = jax.tree.map(lambda a: a[epoch, c], result.samples["theta"])
+            jax.tree.map(
+                lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+                sample,
+                position,
+            )
+    assert result.collected_epochs == [0, 1, 2]
+
+
+def test_emcmc_collects_theta_and_guide_and_streams_the_bma(problem):
+    x, y, grad_fn, params, predict = problem
+    sampler = flatjax.emcmc(grad_fn, eta=0.05)
+    states = jax.vmap(sampler.init)(stack_chains(params, 3))
+    trace_fn = lambda p: {
+        "nll": -jnp.mean(
+            glue.categorical_loglikelihood(lambda q, xb: xb @ q["w"] + q["b"])(p, (x, y))
+        )
+    }
+    result = loop.run(
+        sampler,
+        states,
+        (x, y),
+        jax.random.key(1),
+        num_epochs=4,
+        batch_size=16,
+        step_size=1e-3,
+        collect=loop.every(2),
+        predict_fn=predict,
+        eval_x=x[:10],
+        trace_fn=trace_fn,
+        progress=False,
+    )
+    assert set(result.samples) == {"theta", "guide"}
+    assert result.samples["guide"]["w"].shape == (2, 3, D, C)
+    assert result.trace["nll"].shape == (4, 3)
+    assert result.trace["nll"][-1].mean() < result.trace["nll"][0].mean()
+    for name in ("theta", "guide"):
+        probs = jax.vmap(jax.vmap(lambda p: predict(p, x[:10])))(result.samples[name])
+        np.testing.assert_allclose(
+            bma.predictive(result.bma[name]), probs.mean((0, 1)), rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            bma.predictive(result.bma[name], per_chain=True), probs.mean(0), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_bma_only_mode_keeps_no_samples(problem):
+    x, y, grad_fn, params, predict = problem
+    result = loop.run(
+        blackjax.sgld(grad_fn),
+        stack_chains(params, 2),
+        (x, y),
+        jax.random.key(2),
+        num_epochs=2,
+        batch_size=32,
+        step_size=1e-3,
+        collect=loop.every(1),
+        keep_samples=False,
+        predict_fn=predict,
+        eval_x=x,
+        progress=False,
+    )
+    assert result.samples is None
+    assert int(result.bma["theta"].count.sum()) == 4
+
+
+def test_optimizer_kernel_trains_and_matches_optax(problem):
+    x, y, grad_fn, params, _ = problem
+    sgd = optimizer.as_top_level_api(grad_fn, optax.trace(decay=0.9))
+    state = sgd.init(params)
+    opt = optax.sgd(learning_rate=1e-3, momentum=0.9)
+    opt_state = opt.init(params)
+    p = params
+    for _ in range(3):
+        state = sgd.step(jax.random.key(0), state, (x, y), 1e-3)
+        loss_grad = jax.tree.map(jnp.negative, grad_fn(p, (x, y)))
+        updates, opt_state = opt.update(loss_grad, opt_state)
+        p = optax.apply_updates(p, updates)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), state.position, p)
+
+
+def test_divergence_names_epoch_and_chain_and_keeps_samples(problem):
+    x, y, grad_fn, params, _ = problem
+    sgld = blackjax.sgld(grad_fn)
+    # chain 1 starts at NaN, chain 0 is fine; collect after epoch 0 happens before detection
+    init = jax.tree.map(lambda a: jnp.stack([a, a * jnp.nan]), params)
+    with pytest.raises(loop.DivergenceError, match=r"chain\(s\) \[1\] during epoch 0") as info:
+        loop.run(
+            sgld,
+            init,
+            (x, y),
+            jax.random.key(0),
+            num_epochs=2,
+            batch_size=32,
+            step_size=1e-3,
+            collect=loop.every(1),
+            progress=False,
+        )
+    assert info.value.result.diverged == (0, [1])
+    grows = lambda step: jnp.where(step < 6, 1e-4, 1e20)  # explodes in epoch 2
+    init = stack_chains(params, 2)
+    result = loop.run(
+        sgld,
+        init,
+        (x, y),
+        jax.random.key(0),
+        num_epochs=4,
+        batch_size=32,
+        step_size=grows,
+        collect=loop.every(1),
+        on_divergence="stop",
+        progress=False,
+    )
+    assert result.diverged[0] == 2
+    assert result.collected_epochs == [0, 1]
+    assert np.isfinite(result.samples["theta"]["w"]).all()
+
+
+def test_collection_rules():
+    rule = loop.last_epochs_of_cycles(200, 4, 2)
+    assert [e for e in range(200) if rule(e)] == [48, 49, 98, 99, 148, 149, 198, 199]
+    with pytest.raises(ValueError, match="num_last"):
+        loop.last_epochs_of_cycles(8, 4, 3)
+    with pytest.raises(ValueError, match="thin"):
+        loop.every(0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_epochs": 0}, "num_epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 10_000}, "batch_size"),
+        ({"step_size": float("nan")}, "step_size"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"on_divergence": "ignore"}, "on_divergence"),
+    ],
+)
+def test_bad_arguments(problem, kwargs, match):
+    x, y, grad_fn, params, _ = problem
+    args = dict(num_epochs=1, batch_size=8, step_size=1e-3, progress=False)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        loop.run(blackjax.sgld(grad_fn), stack_chains(params, 1), (x, y), jax.random.key(0), **args)
+
+
+def test_mismatched_data_rows(problem):
+    x, y, grad_fn, params, _ = problem
+    with pytest.raises(ValueError, match="disagree"):
+        loop.run(
+            blackjax.sgld(grad_fn),
+            stack_chains(params, 1),
+            (x, y[:-1]),
+            jax.random.key(0),
+            num_epochs=1,
+            batch_size=8,
+            step_size=1e-3,
+        )

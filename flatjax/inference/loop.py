@@ -136,6 +136,7 @@ def run(
     predict_fn: Callable | None = None,
     eval_x: jax.Array | None = None,
     trace_fn: Callable[[ArrayTree], dict] | None = None,
+    minibatches_per_step: int = 1,
     on_divergence: str = "raise",
     progress: bool | None = None,
     start_epoch: int = 0,
@@ -173,6 +174,10 @@ def run(
     trace_fn
         ``params -> {metric: scalar}`` evaluated for every chain after every epoch
         (e.g. loss and accuracy on a fixed training subset).
+    minibatches_per_step
+        ``L > 1`` gives each step ``L`` minibatches stacked on a leading axis (for
+        Entropy-SGD/SGLD, whose step runs ``L`` inner gradients); an epoch is then
+        ``N // (batch_size * L)`` steps, still one pass over the data.
     on_divergence
         ``"raise"`` (default): raise :class:`DivergenceError` naming the epoch and
         chains, with the finished samples in ``.result``; ``"stop"``: return them.
@@ -213,7 +218,22 @@ def run(
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
     if batch_size > n:
         raise ValueError(f"`batch_size`={batch_size} exceeds the number of data rows {n}")
-    num_batches = n // batch_size
+    if (
+        isinstance(minibatches_per_step, bool)
+        or not isinstance(minibatches_per_step, int)
+        or minibatches_per_step < 1
+    ):
+        raise ValueError(
+            f"`minibatches_per_step` must be a positive integer, got {minibatches_per_step!r}"
+        )
+    rows_per_step = batch_size * minibatches_per_step
+    if rows_per_step > n:
+        raise ValueError(
+            f"`batch_size` * `minibatches_per_step` = {rows_per_step} exceeds the "
+            f"number of data rows {n}"
+        )
+    num_batches = n // rows_per_step
+    batch_shape = (batch_size,) if minibatches_per_step == 1 else (minibatches_per_step, batch_size)
     step_size_fn = _as_schedule("step_size", step_size)
     temperature_fn = _as_schedule("temperature", temperature)
     collect = collect if collect is not None else (lambda e: e == num_epochs - 1)
@@ -228,7 +248,8 @@ def run(
 
         def body(state, inputs):
             i, key = inputs
-            idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
+            idx = jax.lax.dynamic_slice_in_dim(perm, i * rows_per_step, rows_per_step)
+            idx = idx.reshape(batch_shape)
             minibatch = data[0][idx] if single_array else tuple(d[idx] for d in data)
             step = epoch * num_batches + i
             state = algorithm.step(key, state, minibatch, step_size_fn(step), temperature_fn(step))

@@ -222,3 +222,41 @@ def test_mismatched_data_rows(problem):
             batch_size=8,
             step_size=1e-3,
         )
+
+
+def test_several_minibatches_per_step(problem):
+    x, y, grad_fn, params, _ = problem
+    seen = []
+
+    class Recorder:
+        """A kernel that records the minibatch shapes it is given."""
+
+        @staticmethod
+        def step(key, state, minibatch, step_size, temperature):
+            seen.append(jax.tree.map(jnp.shape, minibatch))
+            return state
+
+    result = loop.run(
+        Recorder,
+        stack_chains(params, 1),
+        (x, y),
+        jax.random.key(0),
+        num_epochs=1,
+        batch_size=8,
+        minibatches_per_step=4,
+        step_size=1e-3,
+        progress=False,
+    )
+    assert seen[0] == ((4, 8, D), (4, 8))
+    assert result.collected_epochs == [0]
+    with pytest.raises(ValueError, match="minibatches_per_step"):
+        loop.run(
+            Recorder,
+            stack_chains(params, 1),
+            (x, y),
+            jax.random.key(0),
+            num_epochs=1,
+            batch_size=8,
+            minibatches_per_step=0,
+            step_size=1e-3,
+        )

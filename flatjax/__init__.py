@@ -5,7 +5,19 @@ from flatjax.sgmcmc.emcmc import EMCMCState
 from flatjax.sgmcmc.emcmc import as_top_level_api as emcmc
 from flatjax.sgmcmc.emcmc_sghmc import EMCMCSGHMCState
 from flatjax.sgmcmc.emcmc_sghmc import as_top_level_api as emcmc_sghmc
+from flatjax.sgmcmc.entropy_sgd import EntropySGDState
+from flatjax.sgmcmc.entropy_sgd import as_entropy_sgld_api as entropy_sgld
+from flatjax.sgmcmc.entropy_sgd import as_top_level_api as entropy_sgd
 
 __version__ = "0.1.0"
 
-__all__ = ["EMCMCSGHMCState", "EMCMCState", "emcmc", "emcmc_sghmc", "sgmcmc"]
+__all__ = [
+    "EMCMCSGHMCState",
+    "EMCMCState",
+    "EntropySGDState",
+    "emcmc",
+    "emcmc_sghmc",
+    "entropy_sgd",
+    "entropy_sgld",
+    "sgmcmc",
+]

@@ -56,12 +56,19 @@ def overdamped_langevin() -> Callable:
 
 
 def sghmc(alpha: float = 0.01, beta: float = 0.0) -> Callable:
-    """Euler step of the SGHMC diffusion with friction ``alpha`` (Ma et al. 2015).
+    """Euler step of SGHMC in the momentum-SGD form of cyclical SGHMC (Zhang et al. 2020).
 
-    ``x' = x + h p``;
-    ``p' = (1 - alpha h) p + h grad log p(x) + sqrt(h T (2 alpha - h T beta)) xi``,
-    the parameterisation of :func:`blackjax.sgmcmc.diffusions.sghmc`. The
-    continuous-time stationary law is ``p ~ N(0, T I)``, ``x ~ p(x)^(1/T)``.
+    With step size ``eps`` (the same units as SGLD's step) and per-step momentum decay
+    ``alpha`` in ``(0, 1]`` (``1 - alpha`` is the "momentum" of heavy-ball SGD):
+
+    ``x' = x + v``;
+    ``v' = (1 - alpha) v + eps grad log p(x) + sqrt(eps T (2 alpha - eps T beta)) xi``.
+
+    This is exactly :func:`blackjax.sgmcmc.diffusions.sghmc` with step size
+    ``h = sqrt(eps)``, friction ``alpha / h`` and momentum ``p = v / h`` (tested), but its
+    ``alpha`` stays in ``(0, 1]`` whatever the step size: in the log-posterior scale of
+    deep nets ``h`` is tiny and blackjax's friction would have to be ``>> 1``. The
+    continuous-time stationary law is ``x ~ p(x)^(1/T)``, ``v ~ N(0, eps T I)``.
     """
 
     def one_step(
@@ -74,9 +81,9 @@ def sghmc(alpha: float = 0.01, beta: float = 0.0) -> Callable:
     ):
         noise = normal_like(rng_key, momentum)
         scale = jnp.sqrt(step_size * temperature * (2 * alpha - step_size * temperature * beta))
-        new_position = jax.tree.map(lambda x, p: x + step_size * p, position, momentum)
+        new_position = jax.tree.map(jnp.add, position, momentum)
         new_momentum = jax.tree.map(
-            lambda p, g, n: (1.0 - alpha * step_size) * p + step_size * g + scale * n,
+            lambda v, g, n: (1.0 - alpha) * v + step_size * g + scale * n,
             momentum,
             logdensity_grad,
             noise,

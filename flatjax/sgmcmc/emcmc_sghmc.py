@@ -1,21 +1,20 @@
 r"""Entropy-MCMC, SGHMC flavour: stochastic-gradient HMC on the joint of theta and guide.
 
-The same joint as :mod:`flatjax.sgmcmc.emcmc`, integrated with the SGHMC
-diffusion of :func:`blackjax.sgmcmc.diffusions.sghmc` (friction ``alpha``,
-Ma et al. 2015 parameterisation). Unlike :func:`blackjax.sghmc`, which
-resamples the momentum at every call and runs ``num_integration_steps`` leapfrog
-steps, the momentum here is part of the state and persists across steps, as in
-cyclical SGHMC (Zhang et al. 2020): one model gradient per step. With step
-``h`` and friction ``alpha``,
+The same joint as :mod:`flatjax.sgmcmc.emcmc`, integrated with the SGHMC diffusion of
+:func:`flatjax.sgmcmc.diffusions.sghmc`: the momentum-SGD form of cyclical SGHMC
+(Zhang et al. 2020), which is :func:`blackjax.sgmcmc.diffusions.sghmc` reparameterised
+so that the friction ``alpha`` is the per-step momentum decay in ``(0, 1]``. The
+momentum persists across steps (unlike :func:`blackjax.sghmc`, which resamples it at
+every call): one model gradient per step. With step ``eps``,
 
 .. math::
 
-    x' = x + h\,p, \qquad
-    p' = (1 - \alpha h)\,p + h\,\nabla \log p_{\text{joint}}(x) + \sqrt{2\alpha h T}\,\xi,
+    x' = x + v, \qquad
+    v' = (1 - \alpha)\,v + \epsilon\,\nabla \log p_{\text{joint}}(x)
+         + \sqrt{2\alpha \epsilon T}\,\xi,
 
-for ``x = (theta, theta_a)``. The stationary law of the continuous-time limit is
-the tempered joint with ``p ~ N(0, T I)``. On the coupling direction (curvature
-``2 / eta``) the recursion is stable iff ``h^2 < eta (2 - alpha h)``.
+for ``x = (theta, theta_a)``. On the coupling direction (curvature ``2 / eta``) the
+recursion is stable iff ``eps < (2 - alpha) eta``.
 """
 
 from __future__ import annotations
@@ -46,8 +45,8 @@ class EMCMCSGHMCState(NamedTuple):
     position, guide
         As in :class:`flatjax.sgmcmc.emcmc.EMCMCState`.
     momentum
-        An :class:`~flatjax.sgmcmc.emcmc.EMCMCState` holding the momenta of the
-        position and of the guide.
+        An :class:`~flatjax.sgmcmc.emcmc.EMCMCState` holding the momenta (velocities
+        ``v``, in parameter units) of the position and of the guide.
     """
 
     position: ArrayTree
@@ -72,19 +71,18 @@ def init(position: ArrayLikeTree) -> EMCMCSGHMCState:
 def check_step_size(step_size, eta: float, alpha: float, temperature=1.0) -> None:
     """Raise ``ValueError`` for a concrete step size that makes the coupling diverge.
 
-    On the coupling direction (curvature ``2 / eta``) the SGHMC recursion has
-    characteristic polynomial ``z^2 - (2 - alpha h - 2 h^2 / eta) z + 1 - alpha h``,
-    stable (Jury) iff ``0 < alpha h < 2`` and ``h^2 < eta (2 - alpha h)``.
+    On the coupling direction (curvature ``2 / eta``) the recursion has characteristic
+    polynomial ``z^2 - (2 - alpha - 2 eps / eta) z + 1 - alpha``, stable (Jury) iff
+    ``eps < (2 - alpha) eta`` for ``alpha`` in ``(0, 1]``.
     """
     h = concrete_or_none(step_size)
     if h is not None:
         if not h > 0:
             raise ValueError(f"`step_size` must be > 0, got {h!r}")
-        if not (alpha * h < 2 and h * h < eta * (2 - alpha * h)):
+        if not h < (2 - alpha) * eta:
             raise ValueError(
                 f"`step_size`={h!r} is unstable for `eta`={eta!r}, `alpha`={alpha!r}: "
-                f"SGHMC on the Entropy-MCMC coupling needs "
-                f"step_size^2 < eta * (2 - alpha * step_size)."
+                f"SGHMC on the Entropy-MCMC coupling needs step_size < (2 - alpha) * eta."
             )
     t = concrete_or_none(temperature)
     if t is not None and not t >= 0:
@@ -104,8 +102,7 @@ def build_kernel(
     eta
         Coupling variance, > 0.
     alpha
-        Friction in ``(0, 1]`` (blackjax's parameterisation; ``1 - alpha * h`` is
-        the momentum decay per step).
+        Per-step momentum decay in ``(0, 1]`` (``1 - alpha`` is heavy-ball momentum).
     beta
         Estimate of the gradient-noise variance subtracted from the injected
         noise, >= 0 (as in blackjax; 0 by default).
@@ -152,7 +149,7 @@ def as_top_level_api(
     eta
         Coupling variance, > 0.
     alpha
-        Friction in ``(0, 1]``.
+        Per-step momentum decay in ``(0, 1]``.
     beta
         Gradient-noise estimate, >= 0.
     guide_prior_precision

@@ -3,9 +3,9 @@
 :func:`blackjax.sghmc` resamples the momentum at every call and runs
 ``num_integration_steps`` leapfrog-like steps on one minibatch. Cyclical SGHMC
 (Zhang et al. 2020) and the Entropy-MCMC SGHMC flavour instead keep the momentum
-across steps and take a fresh minibatch at every gradient. This kernel is that form,
-built on :func:`blackjax.sgmcmc.diffusions.sghmc`'s equations (per-leaf noise, see
-:mod:`flatjax.sgmcmc.diffusions`).
+across steps and take a fresh minibatch at every gradient, with ``alpha`` the per-step
+momentum decay. This kernel is that form: :func:`flatjax.sgmcmc.diffusions.sghmc`,
+which is blackjax's SGHMC diffusion reparameterised (see there).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def init(position: ArrayLikeTree) -> SGHMCState:
 
 
 def build_kernel(alpha: float = 0.01, beta: float = 0.0) -> Callable:
-    """Build the kernel: friction ``alpha`` in ``(0, 1]``, gradient-noise estimate ``beta >= 0``."""
+    """Build the kernel: momentum decay ``alpha`` in ``(0, 1]``, noise estimate ``beta >= 0``."""
     alpha = check_in_range("alpha", alpha, 0.0, 1.0)
     beta = check_nonnegative("beta", beta)
     integrator = diffusions.sghmc(alpha, beta)

@@ -118,26 +118,41 @@ def test_sghmc_flavour_update_equations():
         jnp.array([1.0]), jnp.array([0.2]), emcmc.EMCMCState(jnp.array([0.3]), jnp.array([-0.4]))
     )
     new = sampler.step(jax.random.key(0), state, None, h, temperature=0.0)
-    x, a, (px, pa) = state
-    np.testing.assert_allclose(new.position, x + h * px, rtol=1e-6)
-    np.testing.assert_allclose(new.guide, a + h * pa, rtol=1e-6)
+    x, a, (vx, va) = state
+    np.testing.assert_allclose(new.position, x + vx, rtol=1e-6)
+    np.testing.assert_allclose(new.guide, a + va, rtol=1e-6)
     gx = -precision * x - (x - a) / eta
     ga = (x - a) / eta
-    np.testing.assert_allclose(new.momentum.position, (1 - alpha * h) * px + h * gx, rtol=1e-6)
-    np.testing.assert_allclose(new.momentum.guide, (1 - alpha * h) * pa + h * ga, rtol=1e-6)
+    np.testing.assert_allclose(new.momentum.position, (1 - alpha) * vx + h * gx, rtol=1e-6)
+    np.testing.assert_allclose(new.momentum.guide, (1 - alpha) * va + h * ga, rtol=1e-6)
 
 
-def test_diffusions_match_blackjax_without_noise():
+def test_overdamped_langevin_matches_blackjax_without_noise():
     position = {"a": jnp.arange(3.0), "b": jnp.ones((2, 2))}
     grad = jax.tree.map(lambda x: -0.5 * x + 1.0, position)
-    momentum = jax.tree.map(lambda x: 0.1 * x, position)
     key = jax.random.key(0)
     ours = diffusions.overdamped_langevin()(key, position, grad, 0.1, 0.0)
     theirs = blackjax.sgmcmc.diffusions.overdamped_langevin()(key, position, grad, 0.1, 0.0)
     chex.assert_trees_all_close(ours, theirs, rtol=1e-6)
-    ours = diffusions.sghmc(0.3)(key, position, momentum, grad, 0.1, 0.0)
-    theirs = blackjax.sgmcmc.diffusions.sghmc(0.3)(key, position, momentum, grad, 0.1, 0.0)
-    chex.assert_trees_all_close(ours, theirs, rtol=1e-6)
+
+
+def test_sghmc_is_blackjax_sghmc_reparameterised():
+    """eps, alpha here == blackjax with h = sqrt(eps), friction alpha / h, p = v / h."""
+    eps, alpha, temp = 0.04, 0.3, 2.0
+    h = eps**0.5
+    position = {"a": jnp.arange(3.0), "b": jnp.ones((2, 2))}
+    grad = jax.tree.map(lambda x: -0.5 * x + 1.0, position)
+    velocity = jax.tree.map(lambda x: 0.1 * x - 0.05, position)
+    key = jax.random.key(0)
+    x1, v1 = diffusions.sghmc(alpha)(key, position, velocity, grad, eps, 0.0)
+    p0 = jax.tree.map(lambda v: v / h, velocity)
+    x2, p2 = blackjax.sgmcmc.diffusions.sghmc(alpha / h)(key, position, p0, grad, h, 0.0)
+    chex.assert_trees_all_close(x1, x2, rtol=1e-6)
+    chex.assert_trees_all_close(v1, jax.tree.map(lambda p: h * p, p2), rtol=1e-5)
+    # noise: v' - E[v'] has variance h^2 * (blackjax's 2 (alpha / h) h T) = 2 alpha eps T
+    zeros = jnp.zeros(200_000)
+    _, v = diffusions.sghmc(alpha)(key, zeros, zeros, zeros, eps, temp)
+    assert abs(float(jnp.var(v)) / (2 * alpha * eps * temp) - 1) < 5 * np.sqrt(2 / 2e5)
 
 
 def test_joint_logdensity_value_and_gibbs_draw():

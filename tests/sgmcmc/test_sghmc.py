@@ -10,14 +10,14 @@ def test_persistent_momentum_update():
     kernel = sghmc.as_top_level_api(lambda p, b: -2.0 * p, alpha=0.5)
     state = sghmc.SGHMCState(jnp.array([1.0]), jnp.array([0.3]))
     new = kernel.step(jax.random.key(0), state, None, 0.1, temperature=0.0)
-    np.testing.assert_allclose(new.position, 1.0 + 0.1 * 0.3, rtol=1e-6)
-    np.testing.assert_allclose(new.momentum, (1 - 0.05) * 0.3 + 0.1 * -2.0, rtol=1e-6)
+    np.testing.assert_allclose(new.position, 1.0 + 0.3, rtol=1e-6)
+    np.testing.assert_allclose(new.momentum, (1 - 0.5) * 0.3 + 0.1 * -2.0, rtol=1e-6)
 
 
 def test_stationary_variance_of_a_gaussian():
     """Many independent chains on N(0, 1/k) against the exact discrete-time stationary law."""
-    k, h, temp = 1.0, 0.05, 1.0
-    kernel = sghmc.as_top_level_api(lambda p, b: -k * p, alpha=1.0)
+    k, h, alpha, temp = 1.0, 0.01, 0.1, 1.0
+    kernel = sghmc.as_top_level_api(lambda p, b: -k * p, alpha=alpha)
     states = jax.vmap(kernel.init)(jnp.zeros(4000))
 
     def body(states, key):
@@ -27,11 +27,11 @@ def test_stationary_variance_of_a_gaussian():
         ), None
 
     states, _ = jax.lax.scan(body, states, jax.random.split(jax.random.key(0), 2000))
-    # x' = M x + noise with M = [[1, h], [-h k, 1 - alpha h]], Q = diag(0, 2 alpha h T)
-    m = np.array([[1.0, h], [-h * k, 1.0 - 1.0 * h]])
-    q = np.diag([0.0, 2 * 1.0 * h * temp])
+    # (x, v)' = M (x, v) + noise with M = [[1, 1], [-h k, 1 - alpha]], Q = diag(0, 2 alpha h T)
+    m = np.array([[1.0, 1.0], [-h * k, 1.0 - alpha]])
+    q = np.diag([0.0, 2 * alpha * h * temp])
     sigma = np.linalg.solve(np.eye(4) - np.kron(m, m), q.ravel()).reshape(2, 2)
-    # 4000 independent final states (100 time units of burn-in): sd of the variance
+    # 4000 independent final states (2000 steps >> relaxation time 2 / alpha): sd of the var
     # estimate is sigma * sqrt(2 / 4000)
     var = float(jnp.mean(states.position**2))
     assert abs(var - sigma[0, 0]) < 4 * sigma[0, 0] * np.sqrt(2 / 4000)

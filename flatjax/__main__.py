@@ -1,0 +1,7 @@
+"""``python -m flatjax``."""
+
+import sys
+
+from flatjax.cli import main
+
+sys.exit(main())

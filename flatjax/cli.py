@@ -1,0 +1,364 @@
+"""``python -m flatjax``: train, compare and report flatness-aware Bayesian models.
+
+Subcommands
+-----------
+run      one method on one data set: a table of BMA metrics, results.json, figures
+compare  several methods on the same data, model and seed: one table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flatjax.experiment import METHODS, ExperimentConfig
+
+DATA_SETS = ("digits", "fashion", "mnist", "mnist-subset", "cifar10", "cifar100")
+OOD_KINDS = ("gaussian", "uniform", "digits", "mnist", "fashion", "none")
+COLUMNS = (
+    ("ACC", "accuracy"),
+    ("NLL", "nll"),
+    ("ECE", "ece"),
+    ("ECE-mass", "ece_mass"),
+    ("Brier", "brier"),
+    ("OOD-AUROC", "ood_auroc_entropy"),
+    ("OOD-AUPR", "ood_aupr_entropy"),
+)
+
+
+class CLIError(Exception):
+    """A user error, printed as one line."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _number(low: float, low_open: bool = True):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value) and (value > low if low_open else value >= low)
+        if not ok:
+            bound = f"> {low}" if low_open else f">= {low}"
+            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 128,128, got {text!r}") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive widths like 128,128, got {text!r}")
+    return widths
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    d = ExperimentConfig()
+    g = p.add_argument_group("data and model")
+    g.add_argument(
+        "--data",
+        choices=DATA_SETS,
+        default="digits",
+        help="data set (default: digits, embedded via scikit-learn)",
+    )
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory with the IDX / CIFAR files (default: the standard location)",
+    )
+    g.add_argument("--model", choices=("mlp", "cnn"), default=d.model, help="Flax model")
+    g.add_argument(
+        "--hidden",
+        type=_hidden,
+        default=d.hidden,
+        help="MLP hidden widths, comma separated (default: 128,128)",
+    )
+    g.add_argument(
+        "--ood",
+        choices=OOD_KINDS,
+        default="gaussian",
+        help="OOD set for OOD AUROC/AUPR: noise, or another real data set (default: gaussian)",
+    )
+    g = p.add_argument_group("run")
+    g.add_argument("--chains", type=_positive_int, default=d.chains, help="vmapped chains")
+    g.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epochs per chain")
+    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("hyper-parameters (reference-code conventions)")
+    g.add_argument(
+        "--lr",
+        type=_number(0.0),
+        default=d.lr,
+        help="learning rate on the mean loss; the Langevin step is lr/N",
+    )
+    g.add_argument("--temperature", type=_number(0.0, low_open=False), default=d.temperature)
+    g.add_argument(
+        "--eta",
+        type=_number(0.0),
+        default=d.eta,
+        help="Entropy-MCMC coupling variance (log-posterior scale)",
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=_number(0.0, low_open=False),
+        default=d.weight_decay,
+        help="weight decay = Gaussian prior of precision N*wd (theta and guide)",
+    )
+    g.add_argument(
+        "--cycles",
+        type=_positive_int,
+        default=d.cycles,
+        help="cycles of the cyclical cosine step size",
+    )
+    g.add_argument(
+        "--collect-last",
+        type=_positive_int,
+        default=d.collect_last,
+        help="collect samples in the last K epochs of each cycle",
+    )
+    g.add_argument(
+        "--exploration",
+        type=_number(0.0, low_open=False),
+        default=d.exploration,
+        help="cSGLD/cSGHMC: noiseless fraction at the start of each cycle",
+    )
+    g.add_argument(
+        "--friction",
+        type=_number(0.0),
+        default=d.friction,
+        help="SGHMC momentum decay per step (1 - momentum)",
+    )
+    g.add_argument(
+        "--inner-steps",
+        type=_positive_int,
+        default=d.inner_steps,
+        help="Entropy-SGD/SGLD inner SGLD steps (gradients per step)",
+    )
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default="results", help="output directory (default: ./results)")
+    g.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="per-epoch progress bar (default: on a terminal only)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m flatjax",
+        description="Flatness-aware Bayesian deep learning: Entropy-MCMC and baselines.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compare}")
+    methods = ", ".join(f"{k} ({v})" for k, v in METHODS.items())
+    run = sub.add_parser(
+        "run", help="train one method and report its BMA", description=f"Methods: {methods}."
+    )
+    run.add_argument("--method", choices=sorted(METHODS), default="emcmc")
+    _add_common(run)
+    compare = sub.add_parser("compare", help="several methods on the same data and seeds")
+    compare.add_argument(
+        "--methods",
+        default="emcmc,sgld,sgd",
+        help=f"comma-separated subset of: {', '.join(METHODS)}",
+    )
+    _add_common(compare)
+    return parser
+
+
+def load_data(name: str, data_dir: str | None, ood: str, seed: int):
+    """The data set and its OOD inputs (``None`` for ``--ood none``)."""
+    from flatjax import data as data_lib
+
+    try:
+        if name == "digits":
+            dataset = data_lib.load_digits()
+        elif name in ("fashion", "mnist"):
+            dataset = data_lib.load_mnist_like(data_dir, kind=name)
+        elif name == "mnist-subset":
+            dataset = data_lib.load_mnist_subset()
+        else:
+            dataset = data_lib.load_cifar(data_dir, num_classes=int(name[5:]))
+        ood_x = None
+        if ood != "none":
+            ood_x = data_lib.make_ood(
+                dataset, ood, n=dataset.x_test.shape[0], seed=seed, data_dir=data_dir
+            )
+    except (FileNotFoundError, ImportError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    return dataset, ood_x
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def format_table(reports: Sequence[dict]) -> str:
+    """One row per (method, sample set); columns as in the papers."""
+    header = ["method", "samples", *[c for c, _ in COLUMNS], "time(s)"]
+    rows = []
+    for report in reports:
+        for name, summary in report["sets"].items():
+            cells = [report["config"]["method"], name]
+            cells += [f"{summary[k]:.4f}" if k in summary else "-" for _, k in COLUMNS]
+            cells.append(f"{report['seconds']:.1f}")
+            rows.append(cells)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
+    lines = [fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]]
+    return "\n".join(lines)
+
+
+def write_figures(reports: Sequence[dict], out: Path) -> list[str]:
+    """Reliability diagrams and training curves as PNG files; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    paths = []
+    entries = [(r["config"]["method"], n, s) for r in reports for n, s in r["sets"].items()]
+    fig, axes = plt.subplots(1, len(entries), figsize=(3.2 * len(entries), 3.2), squeeze=False)
+    for ax, (method, name, summary) in zip(axes[0], entries, strict=True):
+        rel = summary["reliability"]
+        conf = np.array([np.nan if v is None else v for v in rel["confidence"]], float)
+        acc = np.array([np.nan if v is None else v for v in rel["accuracy"]], float)
+        edges = np.linspace(0, 1, len(conf) + 1)
+        ax.bar(
+            edges[:-1],
+            np.nan_to_num(acc),
+            width=1 / len(conf),
+            align="edge",
+            edgecolor="k",
+            alpha=0.7,
+            label="accuracy",
+        )
+        ax.plot([0, 1], [0, 1], "r--", lw=1)
+        ax.set_title(f"{method} / {name}\nECE={summary['ece']:.3f}", fontsize=9)
+        ax.set_xlabel("confidence")
+    axes[0][0].set_ylabel("accuracy")
+    fig.tight_layout()
+    paths.append(str(out / "reliability.png"))
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for report in reports:
+        trace = report["trace"]
+        if not trace:
+            continue
+        label = report["config"]["method"]
+        ax1.plot(np.mean(trace["nll"], axis=1), label=label)
+        ax2.plot(np.mean(trace["accuracy"], axis=1), label=label)
+    ax1.set(xlabel="epoch", ylabel="train NLL (512-example subset)", yscale="log")
+    ax2.set(xlabel="epoch", ylabel="train accuracy")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(str(out / "training_curves.png"))
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def _config(args: argparse.Namespace, method: str) -> ExperimentConfig:
+    return ExperimentConfig(
+        method=method,
+        model=args.model,
+        chains=args.chains,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        temperature=args.temperature,
+        eta=args.eta,
+        weight_decay=args.weight_decay,
+        cycles=args.cycles,
+        collect_last=args.collect_last,
+        exploration=args.exploration,
+        friction=args.friction,
+        inner_steps=args.inner_steps,
+        seed=args.seed,
+        hidden=args.hidden,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m flatjax``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        methods = [args.method]
+    else:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            parser.error(
+                f"argument --methods: unknown method(s) {unknown}; choose from {', '.join(METHODS)}"
+            )
+    try:
+        configs = [_config(args, m) for m in methods]
+        for c in configs:
+            c.validate()
+        dataset, ood_x = load_data(args.data, args.data_dir, args.ood, args.seed)
+        for c in configs:
+            c.validate(dataset.x_train.shape[0])
+    except (ValueError, CLIError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+
+    from flatjax.experiment import run_experiment
+    from flatjax.inference.loop import DivergenceError
+
+    reports = []
+    for c in configs:
+        print(
+            f"[flatjax] {c.method}: {c.chains} chains x {c.epochs} epochs on {args.data} "
+            f"({dataset.x_train.shape[0]} train / {dataset.x_test.shape[0]} test)",
+            flush=True,
+        )
+        try:
+            reports.append(run_experiment(c, dataset, ood_x, progress=args.progress))
+        except DivergenceError as err:
+            parser.exit(3, f"{parser.prog}: {c.method} diverged: {err}\n")
+    print()
+    print(format_table(reports))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"command": args.command, "data": args.data, "ood": args.ood, "reports": reports}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(_json_safe(payload), indent=1))
+    os.replace(tmp, out / "results.json")
+    written = [str(out / "results.json")]
+    if not args.no_figures:
+        written += write_figures(reports, out)
+    print("\nwrote " + ", ".join(written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""End-to-end tests of ``python -m flatjax`` on a tiny budget."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flatjax import cli
+
+TINY = [
+    "--epochs",
+    "2",
+    "--cycles",
+    "1",
+    "--collect-last",
+    "1",
+    "--chains",
+    "2",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "128",
+    "--no-progress",
+]
+
+
+def test_run_writes_table_json_and_figures(tmp_path, capsys):
+    assert cli.main(["run", "--method", "emcmc", *TINY, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ACC" in out and "OOD-AUROC" in out
+    for name in ("theta", "guide", "pooled"):
+        assert f"emcmc   {name}" in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    report = results["reports"][0]
+    assert set(report["sets"]) == {"theta", "guide", "pooled"}
+    assert 0.0 <= report["sets"]["theta"]["accuracy"] <= 1.0
+    assert len(report["trace"]["nll"]) == 2
+    assert (tmp_path / "reliability.png").stat().st_size > 1000
+    assert (tmp_path / "training_curves.png").stat().st_size > 1000
+
+
+def test_compare_runs_every_method_on_the_same_data(tmp_path, capsys):
+    methods = "sgd,sgld,csghmc,entropy-sgd"
+    args = ["compare", "--methods", methods, *TINY, "--inner-steps", "2", "--no-figures"]
+    assert cli.main([*args, "--ood", "uniform", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["config"]["method"] for r in results["reports"]] == methods.split(",")
+    budgets = {r["gradient_evaluations_per_chain"] for r in results["reports"]}
+    assert budgets == {2 * (1437 // 128)} or len(budgets) == 2  # entropy-sgd drops a remainder
+    assert "entropy-sgd" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--method", "nope"], "invalid choice"),
+        (["run", "--lr", "-1"], "--lr"),
+        (["run", "--eta", "nan"], "--eta"),
+        (["run", "--chains", "0"], "--chains"),
+        (["run", "--hidden", "a,b"], "--hidden"),
+        (["run", "--epochs", "2", "--cycles", "4"], "epochs"),
+        (["run", "--lr", "5"], "eta"),
+        (["run", "--batch-size", "100000"], "batch_size"),
+        (["run", "--data", "fashion", "--data-dir", "/nonexistent"], "nonexistent"),
+        (["compare", "--methods", "emcmc,bogus"], "bogus"),
+    ],
+)
+def test_bad_flags_give_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_help_is_complete():
+    out = subprocess.run(
+        [sys.executable, "-m", "flatjax", "run", "--help"], capture_output=True, text=True
+    )
+    assert out.returncode == 0
+    for flag in (
+        "--method",
+        "--data",
+        "--model",
+        "--chains",
+        "--eta",
+        "--temperature",
+        "--lr",
+        "--cycles",
+        "--ood",
+        "--out",
+        "--seed",
+    ):
+        assert flag in out.stdout

@@ -1,6 +1,5 @@
 """Tests of flatjax.metrics: hand-worked cases, scikit-learn references, temperature fit."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

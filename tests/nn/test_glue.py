@@ -1,7 +1,6 @@
 """Flax glue: log-likelihoods, priors, estimators, NNX, masks and BatchNorm statistics."""
 
 import blackjax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -28,6 +28,7 @@ import numpy as np
 from blackjax.types import ArrayTree, PRNGKey
 
 from flatjax.inference import bma as bma_lib
+from flatjax.inference.checkpoint import CheckpointError, RunCheckpointer
 
 __all__ = ["RunResult", "DivergenceError", "run", "every", "last_epochs_of_cycles"]
 
@@ -139,7 +140,10 @@ def run(
     minibatches_per_step: int = 1,
     on_divergence: str = "raise",
     progress: bool | None = None,
-    start_epoch: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
 ) -> RunResult:
     """Run ``algorithm`` for ``num_epochs`` epochs on vmapped chains.
 
@@ -183,9 +187,18 @@ def run(
         chains, with the finished samples in ``.result``; ``"stop"``: return them.
     progress
         Show a per-epoch progress bar (default: only on a TTY outside CI).
-    start_epoch
-        First epoch to run (resuming; the state must be the one after
-        ``start_epoch - 1``).
+    checkpoint_dir, checkpoint_every
+        Write an atomic checkpoint of the whole run (kernel states, sample buffer, BMA
+        sums, traces, next epoch) every ``checkpoint_every`` epochs and after the last
+        one (:mod:`flatjax.inference.checkpoint`). The directory must be empty unless
+        ``resume`` is set.
+    resume
+        Continue from the newest checkpoint in ``checkpoint_dir``. The result is
+        bit-identical to an uninterrupted run with the same arguments. A missing,
+        corrupt or mismatched checkpoint raises
+        :class:`~flatjax.inference.checkpoint.CheckpointError`.
+    on_epoch_end
+        ``callback(epoch, traces)`` on the host after every finished epoch (logging).
 
     Examples
     --------
@@ -199,6 +212,12 @@ def run(
     >>> result.samples["theta"].shape  # (samples, chains)
     (3, 4)
     """
+    if (
+        isinstance(checkpoint_every, bool)
+        or not isinstance(checkpoint_every, int)
+        or (checkpoint_every < 1)
+    ):
+        raise ValueError(f"`checkpoint_every` must be a positive integer, got {checkpoint_every!r}")
     if on_divergence not in ("raise", "stop"):
         raise ValueError(f"`on_divergence` must be 'raise' or 'stop', got {on_divergence!r}")
     single_array = not isinstance(data, tuple | list)
@@ -306,48 +325,110 @@ def run(
         )
         bmas = {k: bma_lib.init(num_chains, eval_x.shape[0], probe.shape[-1]) for k in named0}
 
-    trace: dict[str, list] = {}
-    collected: list[int] = []
+    trace_shapes = (
+        jax.eval_shape(
+            trace_fn,
+            jax.tree.map(
+                lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
+                _default_sample_fn(jax.eval_shape(lambda: state))["theta"],
+            ),
+        )
+        if trace_fn
+        else {}
+    )
+    trace = {k: np.full((num_epochs, num_chains), np.nan, np.float32) for k in trace_shapes}
+    next_epoch = 0
+    checkpointer = None
+    if checkpoint_dir is not None:
+        signature = {
+            "num_chains": num_chains,
+            "num_epochs": num_epochs,
+            "batch_size": batch_size,
+            "minibatches_per_step": minibatches_per_step,
+            "data_shapes": [list(d.shape) for d in data],
+            "rng_key": np.asarray(jax.random.key_data(rng_key)).tolist(),
+            "state_structure": str(jax.tree.structure(state)),
+            "collect_epochs": collect_epochs,
+            "sample_names": sorted(named0),
+            "bma": use_bma,
+        }
+        checkpointer = RunCheckpointer(checkpoint_dir, signature)
+        if resume:
+            template = {
+                "state": state,
+                "buffers": buffers,
+                "bmas": bmas,
+                "trace": trace,
+                "next_epoch": np.asarray(0),
+            }
+            restored = checkpointer.restore(template)
+            state, buffers, bmas = restored["state"], restored["buffers"], restored["bmas"]
+            trace = {k: np.array(v) for k, v in restored["trace"].items()}
+            next_epoch = int(restored["next_epoch"])
+        elif checkpointer.latest_epoch() is not None:
+            raise CheckpointError(
+                f"{checkpoint_dir} already holds checkpoints; pass resume=True to continue "
+                f"that run or use an empty directory"
+            )
+    elif resume:
+        raise ValueError("`resume=True` needs a `checkpoint_dir`")
+
     diverged = None
     bar = None
     if _progress_enabled(progress):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=num_epochs, initial=start_epoch, desc="epochs", unit="epoch")
+        bar = tqdm(total=num_epochs, initial=next_epoch, desc="epochs", unit="epoch")
 
-    def result() -> RunResult:
+    def result(epochs_done: int) -> RunResult:
+        collected = [e for e in collect_epochs if e < epochs_done]
         samples = None
         if buffers is not None:
             samples = jax.tree.map(lambda b: b[: len(collected)], buffers)
-        stacked = {k: np.stack(v) for k, v in trace.items()}
-        return RunResult(state, samples, bmas, stacked, list(collected), diverged)
+        traces = {k: v[:epochs_done] for k, v in trace.items()}
+        return RunResult(state, samples, bmas, traces, collected, diverged)
 
-    for epoch in range(start_epoch, num_epochs):
-        new_state, finite, traces = run_epoch(state, epoch)
-        finite = np.asarray(finite)
-        if not finite.all():
-            bad = [int(c) for c in np.flatnonzero(~finite)]
-            diverged = (epoch, bad)
+    try:
+        for epoch in range(next_epoch, num_epochs):
+            new_state, finite, traces = run_epoch(state, epoch)
+            finite = np.asarray(finite)
+            if not finite.all():
+                bad = [int(c) for c in np.flatnonzero(~finite)]
+                diverged = (epoch, bad)
+                done = result(epoch)
+                message = (
+                    f"non-finite state (NaN/inf) in chain(s) {bad} during epoch {epoch}; "
+                    f"{len(done.collected_epochs)} sample(s) collected before it are kept. "
+                    f"Lower the step size or check the model and data."
+                )
+                if on_divergence == "raise":
+                    raise DivergenceError(message, done)
+                return done
+            state = new_state
+            for k, v in traces.items():
+                trace[k][epoch] = np.asarray(v)
+            if epoch in collect_epochs:
+                buffers, bmas = collect_sample(state, buffers, bmas, collect_epochs.index(epoch))
+            if checkpointer is not None and (
+                (epoch + 1) % checkpoint_every == 0 or epoch + 1 == num_epochs
+            ):
+                payload = {
+                    "state": state,
+                    "buffers": buffers,
+                    "bmas": bmas,
+                    "trace": trace,
+                    "next_epoch": np.asarray(epoch + 1),
+                }
+                checkpointer.save(epoch + 1, payload)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, {k: v[epoch] for k, v in trace.items()})
             if bar is not None:
-                bar.close()
-            message = (
-                f"non-finite state (NaN/inf) in chain(s) {bad} during epoch {epoch}; "
-                f"{len(collected)} sample(s) collected before it are kept. Lower the step "
-                f"size or check the model and data."
-            )
-            if on_divergence == "raise":
-                raise DivergenceError(message, result())
-            return result()
-        state = new_state
-        for k, v in traces.items():
-            trace.setdefault(k, []).append(np.asarray(v))
-        if epoch in collect_epochs:
-            buffers, bmas = collect_sample(state, buffers, bmas, collect_epochs.index(epoch))
-            collected.append(epoch)
+                bar.update(1)
+                if traces:
+                    bar.set_postfix({k: float(np.mean(v)) for k, v in traces.items()})
+    finally:
         if bar is not None:
-            bar.update(1)
-            if traces:
-                bar.set_postfix({k: float(np.mean(v)) for k, v in traces.items()})
-    if bar is not None:
-        bar.close()
-    return result()
+            bar.close()
+        if checkpointer is not None:
+            checkpointer.close()
+    return result(num_epochs)

@@ -152,6 +152,16 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default=d.inner_steps,
         help="Entropy-SGD/SGLD inner SGLD steps (gradients per step)",
     )
+    g.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="checkpoint every epoch into DIR/<method> (atomic; see --resume)",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run checkpointed in --checkpoint-dir (identical result)",
+    )
     g = p.add_argument_group("output")
     g.add_argument("--out", default="results", help="output directory (default: ./results)")
     g.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -328,10 +338,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         dataset, ood_x = load_data(args.data, args.data_dir, args.ood, args.seed)
         for c in configs:
             c.validate(dataset.x_train.shape[0])
+        if args.resume and not args.checkpoint_dir:
+            raise CLIError("--resume needs --checkpoint-dir")
     except (ValueError, CLIError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
 
     from flatjax.experiment import run_experiment
+    from flatjax.inference.checkpoint import CheckpointError
     from flatjax.inference.loop import DivergenceError
 
     reports = []
@@ -342,9 +355,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         try:
-            reports.append(run_experiment(c, dataset, ood_x, progress=args.progress))
+            ckpt = str(Path(args.checkpoint_dir) / c.method) if args.checkpoint_dir else None
+            reports.append(
+                run_experiment(
+                    c,
+                    dataset,
+                    ood_x,
+                    progress=args.progress,
+                    checkpoint_dir=ckpt,
+                    resume=args.resume,
+                )
+            )
         except DivergenceError as err:
             parser.exit(3, f"{parser.prog}: {c.method} diverged: {err}\n")
+        except CheckpointError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
     print()
     print(format_table(reports))
     out = Path(args.out)

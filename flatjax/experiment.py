@@ -181,6 +181,8 @@ def run_experiment(
     ood_x: np.ndarray | None = None,
     *,
     progress: bool | None = None,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
 ) -> dict:
     """Train ``config.method`` on ``dataset`` and return metrics, traces and timings.
 
@@ -188,7 +190,9 @@ def run_experiment(
     :mod:`flatjax.data`). The returned dict has, for every sample set (``theta``; and
     ``guide`` and ``pooled`` for Entropy-MCMC), the BMA metrics on the test set
     (:func:`flatjax.metrics.summarize`, with OOD scores against ``ood_x``), plus the
-    reliability-diagram data, per-epoch traces, and wall-clock time.
+    reliability-diagram data, per-epoch traces, and wall-clock time. With
+    ``checkpoint_dir`` the run is checkpointed every epoch and ``resume=True`` continues
+    it (see :func:`flatjax.inference.loop.run`).
     """
     x_train = jnp.asarray(dataset.x_train)
     y_train = jnp.asarray(dataset.y_train)
@@ -240,6 +244,8 @@ def run_experiment(
         eval_x=eval_x,
         trace_fn=trace_fn,
         progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
     )
     seconds = time.perf_counter() - start
 

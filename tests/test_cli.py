@@ -64,6 +64,7 @@ def test_compare_runs_every_method_on_the_same_data(tmp_path, capsys):
         (["run", "--batch-size", "100000"], "batch_size"),
         (["run", "--data", "fashion", "--data-dir", "/nonexistent"], "nonexistent"),
         (["compare", "--methods", "emcmc,bogus"], "bogus"),
+        (["run", "--resume"], "checkpoint-dir"),
     ],
 )
 def test_bad_flags_give_one_line_errors(argv, message, capsys):
@@ -94,3 +95,21 @@ def test_help_is_complete():
         "--seed",
     ):
         assert flag in out.stdout
+
+
+def test_checkpoint_and_resume_from_the_command_line(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    args = ["run", "--method", "sgld", *TINY, "--no-figures", "--checkpoint-dir", str(ckpt)]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert (ckpt / "sgld").is_dir()
+    # resuming a finished run reproduces its results exactly
+    assert cli.main([*args, "--resume", "--out", str(tmp_path / "b")]) == 0
+    a = json.loads((tmp_path / "a" / "results.json").read_text())["reports"][0]
+    b = json.loads((tmp_path / "b" / "results.json").read_text())["reports"][0]
+    assert a["sets"] == b["sets"] and a["trace"] == b["trace"]
+    # a fresh run into the same directory is refused; so is --resume with another seed
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--resume", "--seed", "7", "--out", str(tmp_path / "d")])
+    assert "rng_key" in capsys.readouterr().err

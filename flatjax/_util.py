@@ -30,7 +30,11 @@ def normal_like(rng_key: PRNGKey, tree: ArrayLikeTree) -> ArrayTree:
 
 
 def _as_float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
+    if isinstance(value, bool | str | bytes) or value is None:
+        raise TypeError(
+            f"`{name}` must be a real number, got {value!r} of type {type(value).__name__}"
+        )
+    if not isinstance(value, Real):
         try:
             value = float(value)
         except (TypeError, ValueError):
@@ -82,3 +86,24 @@ def concrete_or_none(value):
         return float(value)
     except (TypeError, jax.errors.ConcretizationTypeError):
         return None
+
+
+def check_matching_tree(name: str, tree: ArrayLikeTree, ref_name: str, ref: ArrayLikeTree) -> None:
+    """Raise ``ValueError`` unless ``tree`` has ``ref``'s structure and leaf shapes.
+
+    Runs at trace time, so a kernel given a gradient estimator that returns the wrong
+    pytree fails with a message naming both, not deep inside ``jax.tree.map``.
+    """
+    if jax.tree.structure(tree) != jax.tree.structure(ref):
+        raise ValueError(
+            f"`{name}` has pytree structure {jax.tree.structure(tree)}, but `{ref_name}` has "
+            f"{jax.tree.structure(ref)}"
+        )
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(tree), jax.tree.leaves(ref), strict=True
+    ):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"`{name}` leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(a)}, but "
+                f"`{ref_name}` has {jnp.shape(b)}"
+            )

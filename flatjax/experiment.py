@@ -31,7 +31,7 @@ from flatjax.nn import glue
 from flatjax.nn.models import make_model
 from flatjax.sgmcmc import emcmc, emcmc_sghmc, entropy_sgd, schedules, sghmc
 
-__all__ = ["METHODS", "ExperimentConfig", "build_method", "run_experiment"]
+__all__ = ["METHODS", "ExperimentConfig", "build_method", "check_dataset", "run_experiment"]
 
 #: method name -> (description, schedule shape)
 METHODS: dict[str, str] = {
@@ -175,6 +175,28 @@ def _load_sample_names(method: str) -> tuple[str, ...]:
     return ("theta", "guide") if method.startswith("emcmc") else ("theta",)
 
 
+def check_dataset(dataset: Any) -> None:
+    """Raise ``ValueError`` for empty splits, mismatched lengths or out-of-range labels.
+
+    A label outside ``[0, num_classes)`` would otherwise be clamped silently by the
+    log-likelihood's gather.
+    """
+    for split in ("train", "test"):
+        x, y = getattr(dataset, f"x_{split}"), np.asarray(getattr(dataset, f"y_{split}"))
+        if len(x) == 0:
+            raise ValueError(f"the {split} split of the data set is empty")
+        if len(x) != len(y):
+            raise ValueError(f"`x_{split}` has {len(x)} rows but `y_{split}` has {len(y)}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"`y_{split}` must hold integer class labels, got dtype {y.dtype}")
+        bad = (y < 0) | (y >= dataset.num_classes)
+        if bad.any():
+            raise ValueError(
+                f"`y_{split}` has labels outside [0, {dataset.num_classes}): "
+                f"{sorted(set(y[bad].tolist()))[:5]}"
+            )
+
+
 def run_experiment(
     config: ExperimentConfig,
     dataset: Any,
@@ -194,6 +216,7 @@ def run_experiment(
     ``checkpoint_dir`` the run is checkpointed every epoch and ``resume=True`` continues
     it (see :func:`flatjax.inference.loop.run`).
     """
+    check_dataset(dataset)
     x_train = jnp.asarray(dataset.x_train)
     y_train = jnp.asarray(dataset.y_train)
     n = int(x_train.shape[0])

@@ -41,6 +41,7 @@ from blackjax.base import SamplingAlgorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
 from flatjax._util import (
+    check_matching_tree,
     check_nonnegative,
     check_positive,
     concrete_or_none,
@@ -120,6 +121,9 @@ def joint_gradient(
     ``state.position``; the coupling adds ``-(theta - theta_a) / eta`` to it and
     gives the guide ``(theta - theta_a) / eta - guide_prior_precision * theta_a``.
     """
+    check_matching_tree(
+        "grad_estimator(position, minibatch)", logdensity_grad, "position", state.position
+    )
     pull = coupling_pull(state, eta)
     grad_position = jax.tree.map(jnp.add, logdensity_grad, pull)
     if guide_prior_precision:

@@ -72,6 +72,7 @@ from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
 from flatjax._util import (
     check_in_range,
+    check_matching_tree,
     check_nonnegative,
     check_positive,
     check_positive_int,
@@ -235,6 +236,9 @@ def build_kernel(
             x_prime, mu = carry
             key, batch = xs if not shared_minibatch else (xs, minibatch)
             logdensity_grad = grad_estimator(x_prime, batch)
+            check_matching_tree(
+                "grad_estimator(position, minibatch)", logdensity_grad, "position", x_prime
+            )
             grad = jax.tree.map(
                 lambda g, xp, x: g - gamma * (xp - x), logdensity_grad, x_prime, position
             )

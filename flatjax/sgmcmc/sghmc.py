@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
-from flatjax._util import check_in_range, check_nonnegative
+from flatjax._util import check_in_range, check_matching_tree, check_nonnegative
 from flatjax.sgmcmc import diffusions
 
 __all__ = ["SGHMCState", "init", "build_kernel", "as_top_level_api"]
@@ -58,6 +58,7 @@ def build_kernel(alpha: float = 0.01, beta: float = 0.0) -> Callable:
         temperature: float = 1.0,
     ) -> SGHMCState:
         grad = grad_estimator(state.position, minibatch)
+        check_matching_tree("grad_estimator(position, minibatch)", grad, "position", state.position)
         return SGHMCState(
             *integrator(rng_key, state.position, state.momentum, grad, step_size, temperature)
         )

@@ -61,14 +61,17 @@ def sghmc(alpha: float = 0.01, beta: float = 0.0) -> Callable:
     With step size ``eps`` (the same units as SGLD's step) and per-step momentum decay
     ``alpha`` in ``(0, 1]`` (``1 - alpha`` is the "momentum" of heavy-ball SGD):
 
-    ``x' = x + v``;
-    ``v' = (1 - alpha) v + eps grad log p(x) + sqrt(eps T (2 alpha - eps T beta)) xi``.
+    ``v' = (1 - alpha) v + eps grad log p(x) + sqrt(eps T (2 alpha - eps T beta)) xi``;
+    ``x' = x + v'``.
 
-    This is exactly :func:`blackjax.sgmcmc.diffusions.sghmc` with step size
-    ``h = sqrt(eps)``, friction ``alpha / h`` and momentum ``p = v / h`` (tested), but its
-    ``alpha`` stays in ``(0, 1]`` whatever the step size: in the log-posterior scale of
-    deep nets ``h`` is tiny and blackjax's friction would have to be ``>> 1``. The
-    continuous-time stationary law is ``x ~ p(x)^(1/T)``, ``v ~ N(0, eps T I)``.
+    The momentum is updated first and the position moves with the *new* momentum, as in
+    PyTorch's momentum SGD and the cSGHMC reference code: at ``T = 0`` this is exactly
+    ``optax.sgd(learning_rate=eps, momentum=1 - alpha)`` on ``-log p`` (tested). On a
+    direction of curvature ``c`` it is stable iff ``eps c < 2 (2 - alpha)``.
+    (:func:`blackjax.sgmcmc.diffusions.sghmc` moves the position with the *old*
+    momentum, which is stable only for ``eps c < alpha`` in these units.) Its
+    continuous-time limit samples ``x ~ p(x)^(1/T)``; on a flat target the
+    discrete momentum's variance is ``2 eps T / (2 - alpha)``.
     """
 
     def one_step(
@@ -81,13 +84,13 @@ def sghmc(alpha: float = 0.01, beta: float = 0.0) -> Callable:
     ):
         noise = normal_like(rng_key, momentum)
         scale = jnp.sqrt(step_size * temperature * (2 * alpha - step_size * temperature * beta))
-        new_position = jax.tree.map(jnp.add, position, momentum)
         new_momentum = jax.tree.map(
             lambda v, g, n: (1.0 - alpha) * v + step_size * g + scale * n,
             momentum,
             logdensity_grad,
             noise,
         )
+        new_position = jax.tree.map(jnp.add, position, new_momentum)
         return new_position, new_momentum
 
     return one_step

@@ -2,16 +2,14 @@ r"""Entropy-MCMC, SGHMC flavour: stochastic-gradient HMC on the joint of theta a
 
 The same joint as :mod:`flatjax.sgmcmc.emcmc`, integrated with the SGHMC diffusion of
 :func:`flatjax.sgmcmc.diffusions.sghmc`: the momentum-SGD form of cyclical SGHMC
-(Zhang et al. 2020), which is :func:`blackjax.sgmcmc.diffusions.sghmc` reparameterised
-so that the friction ``alpha`` is the per-step momentum decay in ``(0, 1]``. The
-momentum persists across steps (unlike :func:`blackjax.sghmc`, which resamples it at
-every call): one model gradient per step. With step ``eps``,
+(Zhang et al. 2020), where the friction ``alpha`` in ``(0, 1]`` is the per-step momentum
+decay. The momentum persists across steps (unlike :func:`blackjax.sghmc`, which
+resamples it at every call): one model gradient per step. With step ``eps``,
 
 .. math::
 
-    x' = x + v, \qquad
     v' = (1 - \alpha)\,v + \epsilon\,\nabla \log p_{\text{joint}}(x)
-         + \sqrt{2\alpha \epsilon T}\,\xi,
+         + \sqrt{2\alpha \epsilon T}\,\xi, \qquad x' = x + v',
 
 for ``x = (theta, theta_a)``. On the coupling direction (curvature ``2 / eta``) the
 recursion is stable iff ``eps < (2 - alpha) eta``.
@@ -71,8 +69,9 @@ def init(position: ArrayLikeTree) -> EMCMCSGHMCState:
 def check_step_size(step_size, eta: float, alpha: float, temperature=1.0) -> None:
     """Raise ``ValueError`` for a concrete step size that makes the coupling diverge.
 
-    On the coupling direction (curvature ``2 / eta``) the recursion has characteristic
-    polynomial ``z^2 - (2 - alpha - 2 eps / eta) z + 1 - alpha``, stable (Jury) iff
+    On the coupling direction (curvature ``2 / eta``) the recursion (momentum first,
+    then position) has characteristic polynomial
+    ``z^2 - (2 - alpha - 2 eps / eta) z + 1 - alpha``, stable (Jury) iff
     ``eps < (2 - alpha) eta`` for ``alpha`` in ``(0, 1]``.
     """
     h = concrete_or_none(step_size)

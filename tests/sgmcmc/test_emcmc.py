@@ -5,6 +5,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import flatjax
@@ -119,12 +120,13 @@ def test_sghmc_flavour_update_equations():
     )
     new = sampler.step(jax.random.key(0), state, None, h, temperature=0.0)
     x, a, (vx, va) = state
-    np.testing.assert_allclose(new.position, x + vx, rtol=1e-6)
-    np.testing.assert_allclose(new.guide, a + va, rtol=1e-6)
     gx = -precision * x - (x - a) / eta
     ga = (x - a) / eta
     np.testing.assert_allclose(new.momentum.position, (1 - alpha) * vx + h * gx, rtol=1e-6)
     np.testing.assert_allclose(new.momentum.guide, (1 - alpha) * va + h * ga, rtol=1e-6)
+    # the position moves with the new momentum
+    np.testing.assert_allclose(new.position, x + new.momentum.position, rtol=1e-6)
+    np.testing.assert_allclose(new.guide, a + new.momentum.guide, rtol=1e-6)
 
 
 def test_overdamped_langevin_matches_blackjax_without_noise():
@@ -136,22 +138,23 @@ def test_overdamped_langevin_matches_blackjax_without_noise():
     chex.assert_trees_all_close(ours, theirs, rtol=1e-6)
 
 
-def test_sghmc_is_blackjax_sghmc_reparameterised():
-    """eps, alpha here == blackjax with h = sqrt(eps), friction alpha / h, p = v / h."""
+def test_sghmc_without_noise_is_optax_momentum_sgd():
+    """eps, alpha == optax.sgd(learning_rate=eps, momentum=1 - alpha) on -log p at T = 0."""
     eps, alpha, temp = 0.04, 0.3, 2.0
-    h = eps**0.5
     position = {"a": jnp.arange(3.0), "b": jnp.ones((2, 2))}
-    grad = jax.tree.map(lambda x: -0.5 * x + 1.0, position)
-    velocity = jax.tree.map(lambda x: 0.1 * x - 0.05, position)
-    key = jax.random.key(0)
-    x1, v1 = diffusions.sghmc(alpha)(key, position, velocity, grad, eps, 0.0)
-    p0 = jax.tree.map(lambda v: v / h, velocity)
-    x2, p2 = blackjax.sgmcmc.diffusions.sghmc(alpha / h)(key, position, p0, grad, h, 0.0)
-    chex.assert_trees_all_close(x1, x2, rtol=1e-6)
-    chex.assert_trees_all_close(v1, jax.tree.map(lambda p: h * p, p2), rtol=1e-5)
-    # noise: v' - E[v'] has variance h^2 * (blackjax's 2 (alpha / h) h T) = 2 alpha eps T
+    loss_grad = lambda p: jax.tree.map(lambda x: 0.5 * x**3 - 1.0, p)
+    step = diffusions.sghmc(alpha)
+    opt = optax.sgd(learning_rate=eps, momentum=1 - alpha)
+    x, v = position, jax.tree.map(jnp.zeros_like, position)
+    y, opt_state = position, opt.init(position)
+    for _ in range(5):
+        x, v = step(jax.random.key(0), x, v, jax.tree.map(jnp.negative, loss_grad(x)), eps, 0.0)
+        updates, opt_state = opt.update(loss_grad(y), opt_state)
+        y = optax.apply_updates(y, updates)
+    chex.assert_trees_all_close(x, y, rtol=1e-5)
+    # noise: one step from v = 0 on a flat target has variance 2 alpha eps T
     zeros = jnp.zeros(200_000)
-    _, v = diffusions.sghmc(alpha)(key, zeros, zeros, zeros, eps, temp)
+    _, v = step(jax.random.key(0), zeros, zeros, zeros, eps, temp)
     assert abs(float(jnp.var(v)) / (2 * alpha * eps * temp) - 1) < 5 * np.sqrt(2 / 2e5)
 
 

@@ -8,6 +8,7 @@ from flatjax.sgmcmc.emcmc_sghmc import as_top_level_api as emcmc_sghmc
 from flatjax.sgmcmc.entropy_sgd import EntropySGDState
 from flatjax.sgmcmc.entropy_sgd import as_entropy_sgld_api as entropy_sgld
 from flatjax.sgmcmc.entropy_sgd import as_top_level_api as entropy_sgd
+from flatjax.vi.sabma import as_top_level_api as sabma
 
 __version__ = "0.1.0"
 
@@ -19,5 +20,6 @@ __all__ = [
     "emcmc_sghmc",
     "entropy_sgd",
     "entropy_sgld",
+    "sabma",
     "sgmcmc",
 ]

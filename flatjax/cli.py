@@ -2,8 +2,9 @@
 
 Subcommands
 -----------
-run      one method on one data set: a table of BMA metrics, results.json, figures
-compare  several methods on the same data, model and seed: one table
+run       one method on one data set: a table of BMA metrics, results.json, figures
+compare   several methods on the same data, model and seed: one table
+transfer  few-shot Bayesian transfer (SA-BMA and baselines): ACC / NLL / ECE / lambda_1
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m flatjax",
         description="Flatness-aware Bayesian deep learning: Entropy-MCMC and baselines.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compare}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compare,transfer}")
     methods = ", ".join(f"{k} ({v})" for k, v in METHODS.items())
     run = sub.add_parser(
         "run", help="train one method and report its BMA", description=f"Methods: {methods}."
@@ -193,7 +194,173 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of: {', '.join(METHODS)}",
     )
     _add_common(compare)
+    _add_transfer(sub)
     return parser
+
+
+def _class_spec(text: str) -> tuple[str, tuple[int, ...] | None]:
+    """``"digits:0-4"`` -> ``("digits", (0, 1, 2, 3, 4))``; ``"mnist-subset"`` -> all classes."""
+    name, _, classes = text.partition(":")
+    if name not in DATA_SETS:
+        raise argparse.ArgumentTypeError(f"unknown data set {name!r}; choose from {DATA_SETS}")
+    if not classes:
+        return name, None
+    try:
+        if "-" in classes:
+            lo, hi = (int(t) for t in classes.split("-"))
+            picked = tuple(range(lo, hi + 1))
+        else:
+            picked = tuple(int(t) for t in classes.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected classes like 0-4 or 0,2,5 after ':', got {classes!r}"
+        ) from None
+    if not picked or min(picked) < 0 or len(set(picked)) != len(picked):
+        raise argparse.ArgumentTypeError(f"bad class list {classes!r}")
+    return name, picked
+
+
+def _add_transfer(sub) -> None:
+    from flatjax.transfer import TRANSFER_METHODS, TransferConfig
+
+    d = TransferConfig()
+    methods = ", ".join(f"{k} ({v})" for k, v in TRANSFER_METHODS.items())
+    p = sub.add_parser(
+        "transfer",
+        help="few-shot Bayesian transfer: pretrain + SWAG on a source, fine-tune on a target",
+        description=f"Methods: {methods}.",
+    )
+    p.add_argument(
+        "--method", default="sabma", help="method or comma-separated methods (default: sabma)"
+    )
+    p.add_argument(
+        "--source",
+        type=_class_spec,
+        default=("digits", (0, 1, 2, 3, 4)),
+        help="source data set and classes, e.g. digits:0-4 (default)",
+    )
+    p.add_argument(
+        "--target",
+        type=_class_spec,
+        default=("digits", (5, 6, 7, 8, 9)),
+        help="target data set and classes, e.g. digits:5-9 (default)",
+    )
+    p.add_argument("--data-dir", default=None, help="directory of IDX files (fashion/mnist)")
+    p.add_argument("--shots", type=_positive_int, default=d.shots, help="examples per class")
+    p.add_argument(
+        "--val-shots",
+        type=_positive_int,
+        default=d.val_shots,
+        help="held-out examples per class for temperature scaling",
+    )
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="fine-tuning epochs")
+    p.add_argument("--source-epochs", type=_positive_int, default=d.source_epochs)
+    p.add_argument(
+        "--swag-epochs",
+        type=_positive_int,
+        default=d.swag_epochs,
+        help="last source epochs collected into the source SWAG",
+    )
+    p.add_argument(
+        "--rank",
+        type=_positive_int,
+        default=d.swag_rank,
+        help="K, columns of the low-rank part (>= 2)",
+    )
+    p.add_argument("--lr", type=_number(0.0), default=d.lr, help="fine-tuning learning rate")
+    p.add_argument(
+        "--rho",
+        type=_number(0.0, low_open=False),
+        default=d.rho,
+        help="SA-BMA KL radius / SAM radius",
+    )
+    p.add_argument(
+        "--head-variance",
+        type=_number(0.0),
+        default=d.head_variance,
+        help="initial variance alpha of the new head",
+    )
+    p.add_argument(
+        "--backbone",
+        choices=("sample", "mean"),
+        default=d.backbone,
+        help="frozen backbone drawn from the source SWAG each step, or its mean",
+    )
+    p.add_argument("--num-bma", type=_positive_int, default=d.num_bma, help="BMA samples")
+    p.add_argument("--hidden", type=_hidden, default=d.hidden, help="MLP widths")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default="results", help="output directory (default: ./results)")
+
+
+def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from flatjax import data as data_lib
+    from flatjax.transfer import TRANSFER_METHODS, TransferConfig, run_transfer
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in TRANSFER_METHODS]
+    if unknown or not methods:
+        parser.error(
+            f"argument --method: unknown method(s) {unknown}; "
+            f"choose from {', '.join(TRANSFER_METHODS)}"
+        )
+    try:
+        configs = [
+            TransferConfig(
+                method=m,
+                hidden=args.hidden,
+                source_epochs=args.source_epochs,
+                swag_epochs=args.swag_epochs,
+                swag_rank=args.rank,
+                shots=args.shots,
+                val_shots=args.val_shots,
+                epochs=args.epochs,
+                lr=args.lr,
+                rho=args.rho,
+                head_variance=args.head_variance,
+                backbone=args.backbone,
+                num_bma=args.num_bma,
+                seed=args.seed,
+            ).validate()
+            for m in methods
+        ]
+        sets = []
+        for name, classes in (args.source, args.target):
+            dataset, _ = load_data(name, args.data_dir, "none", args.seed)
+            sets.append(data_lib.split_classes(dataset, classes) if classes else dataset)
+        source, target = sets
+    except (ValueError, CLIError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    reports = []
+    for c in configs:
+        print(
+            f"[flatjax] transfer {c.method}: {source.name} -> {target.name}, {c.shots}-shot",
+            flush=True,
+        )
+        try:
+            reports.append(run_transfer(c, source, target))
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
+    header = ["method", "ACC", "NLL", "ECE", "NLL(TS)", "ECE(TS)", "lambda1", "l1/lk", "time(s)"]
+    rows = [
+        [
+            r["config"]["method"],
+            *(f"{r['test'][k]:.4f}" for k in ("accuracy", "nll", "ece")),
+            *(f"{r['test_temperature_scaled'][k]:.4f}" for k in ("nll", "ece")),
+            f"{r['lambda_1_mean']:.3f}",
+            f"{r['lambda_1_over_lambda_k']:.2f}",
+            f"{r['pretrain_seconds'] + r['finetune_seconds']:.1f}",
+        ]
+        for r in reports
+    ]
+    print()
+    print(_format_rows(header, rows))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(_json_safe({"command": "transfer", "reports": reports}), indent=1))
+    os.replace(tmp, out / "results.json")
+    print(f"\nwrote {out / 'results.json'}")
+    return 0
 
 
 def load_data(name: str, data_dir: str | None, ood: str, seed: int):
@@ -239,6 +406,10 @@ def format_table(reports: Sequence[dict]) -> str:
             cells += [f"{summary[k]:.4f}" if k in summary else "-" for _, k in COLUMNS]
             cells.append(f"{report['seconds']:.1f}")
             rows.append(cells)
+    return _format_rows(header, rows)
+
+
+def _format_rows(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
     lines = [fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]]
@@ -322,6 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m flatjax``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "transfer":
+        return _main_transfer(args, parser)
     if args.command == "run":
         methods = [args.method]
     else:

@@ -205,6 +205,7 @@ def run_experiment(
     progress: bool | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict:
     """Train ``config.method`` on ``dataset`` and return metrics, traces and timings.
 
@@ -214,7 +215,9 @@ def run_experiment(
     (:func:`flatjax.metrics.summarize`, with OOD scores against ``ood_x``), plus the
     reliability-diagram data, per-epoch traces, and wall-clock time. With
     ``checkpoint_dir`` the run is checkpointed every epoch and ``resume=True`` continues
-    it (see :func:`flatjax.inference.loop.run`).
+    it (see :func:`flatjax.inference.loop.run`). With ``mesh`` the chains (and
+    minibatches) are split over devices (:mod:`flatjax.inference.sharding`); the
+    metrics are the same up to float rounding.
     """
     check_dataset(dataset)
     x_train = jnp.asarray(dataset.x_train)
@@ -269,6 +272,7 @@ def run_experiment(
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
+        mesh=mesh,
     )
     seconds = time.perf_counter() - start
 

@@ -1,15 +1,17 @@
 """Run loop (epochs in ``lax.scan``, vmapped chains), streaming BMA, optax baselines."""
 
-from flatjax.inference import bma, loop, optimizer
+from flatjax.inference import bma, checkpoint, loop, optimizer, sharding
 from flatjax.inference.loop import DivergenceError, RunResult, every, last_epochs_of_cycles, run
 
 __all__ = [
     "DivergenceError",
     "RunResult",
     "bma",
+    "checkpoint",
     "every",
     "last_epochs_of_cycles",
     "loop",
     "optimizer",
     "run",
+    "sharding",
 ]

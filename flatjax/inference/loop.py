@@ -28,6 +28,7 @@ import numpy as np
 from blackjax.types import ArrayTree, PRNGKey
 
 from flatjax.inference import bma as bma_lib
+from flatjax.inference import sharding as sharding_lib
 from flatjax.inference.checkpoint import CheckpointError, RunCheckpointer
 
 __all__ = ["RunResult", "DivergenceError", "run", "every", "last_epochs_of_cycles"]
@@ -144,6 +145,7 @@ def run(
     checkpoint_every: int = 1,
     resume: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> RunResult:
     """Run ``algorithm`` for ``num_epochs`` epochs on vmapped chains.
 
@@ -199,6 +201,13 @@ def run(
         :class:`~flatjax.inference.checkpoint.CheckpointError`.
     on_epoch_end
         ``callback(epoch, traces)`` on the host after every finished epoch (logging).
+    mesh
+        Run on a device mesh (:func:`flatjax.inference.sharding.make_mesh`): chains
+        split over its ``"chains"`` axis, each minibatch over its ``"data"`` axis (the
+        gradient's sum becomes an all-reduce), data replicated. ``num_chains`` and
+        ``batch_size`` must be divisible by those axis sizes. The results equal the
+        single-device run up to float reassociation; the returned arrays stay sharded.
+        See :mod:`flatjax.inference.sharding`.
 
     Examples
     --------
@@ -258,6 +267,8 @@ def run(
     collect = collect if collect is not None else (lambda e: e == num_epochs - 1)
     sample_fn = sample_fn or _default_sample_fn
     num_chains = jax.tree.leaves(initial_state)[0].shape[0]
+    place = sharding_lib.placement(mesh, num_chains, batch_size)
+    data = place.put_replicated(data)
     collect_epochs = [e for e in range(num_epochs) if collect(e)]
 
     def chain_epoch(state, chain_key, epoch):
@@ -270,6 +281,7 @@ def run(
             idx = jax.lax.dynamic_slice_in_dim(perm, i * rows_per_step, rows_per_step)
             idx = idx.reshape(batch_shape)
             minibatch = data[0][idx] if single_array else tuple(d[idx] for d in data)
+            minibatch = place.constrain_batch(minibatch, axis=len(batch_shape) - 1)
             step = epoch * num_batches + i
             state = algorithm.step(key, state, minibatch, step_size_fn(step), temperature_fn(step))
             return state, None
@@ -284,14 +296,16 @@ def run(
     @jax.jit
     def run_epoch(state, epoch):
         keys = jax.random.split(jax.random.fold_in(rng_key, epoch), num_chains)
-        state = jax.vmap(chain_epoch, in_axes=(0, 0, None))(state, keys, epoch)
+        keys = place.constrain_chains(keys)
+        epoch_fn = jax.vmap(chain_epoch, in_axes=(0, 0, None), spmd_axis_name=place.chain_axis)
+        state = place.constrain_chains(epoch_fn(state, keys, epoch))
         finite = jax.vmap(all_finite)(state)
         traces = jax.vmap(trace_fn)(_default_sample_fn(state)["theta"]) if trace_fn else {}
-        return state, finite, traces
+        return state, *place.constrain_replicated((finite, traces))
 
     use_bma = predict_fn is not None and eval_x is not None
     if use_bma:
-        eval_x = jnp.asarray(eval_x)
+        eval_x = place.put_replicated(jnp.asarray(eval_x))
 
     @jax.jit
     def collect_sample(state, buffers, bmas, slot):
@@ -304,7 +318,10 @@ def run(
             bmas = {
                 k: bma_lib.update(
                     bmas[k],
-                    jax.vmap(lambda p: bma_lib.batched_predict(predict_fn, p, eval_x))(named[k]),
+                    jax.vmap(
+                        lambda p: bma_lib.batched_predict(predict_fn, p, eval_x),
+                        spmd_axis_name=place.chain_axis,
+                    )(named[k]),
                 )
                 for k in named
             }
@@ -372,6 +389,8 @@ def run(
             )
     elif resume:
         raise ValueError("`resume=True` needs a `checkpoint_dir`")
+    state, bmas = place.put_chains((state, bmas))
+    buffers = place.put_chains(buffers, axis=1)
 
     diverged = None
     bar = None

@@ -69,6 +69,7 @@ __all__ = [
     "fisher_vp",
     "fisher_diagonal",
     "fisher_solve",
+    "project_out_rotations",
     "to_dense",
 ]
 
@@ -642,11 +643,48 @@ def _fisher_diagonal(ff: _FisherFactors) -> LowRankGaussian:
     )
 
 
+def project_out_rotations(q: LowRankGaussian, g: LowRankGaussian) -> LowRankGaussian:
+    """Remove from ``g`` its component along the Fisher's null space ``dC = C S``.
+
+    ``C -> C R`` (``R`` orthogonal) leaves :math:`\\Sigma` unchanged, so the
+    directions ``(0, 0, C S)`` with ``S`` antisymmetric are in the null space of the
+    Fisher (for ``C`` of full column rank and ``P`` well above ``K``, all of it).
+    The gradient of any function of :math:`(\\mu, \\Sigma)` is orthogonal to them,
+    but a Monte Carlo estimate is not. This returns ``g`` with
+    ``g.deviations - C S*`` where ``S*`` minimises ``|g.deviations - C S|_F`` over
+    antisymmetric ``S``: with :math:`A = C^\\top C = V \\Lambda V^\\top` it solves
+    :math:`AS + SA = C^\\top G - G^\\top C` as :math:`\\tilde S_{ij} = \\tilde B_{ij} /
+    (\\lambda_i + \\lambda_j)` in the eigenbasis (zero where both eigenvalues
+    vanish), ``O(PK^2 + K^3)``. The mean and log-scale parts are unchanged.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> c = jnp.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    >>> q = LowRankGaussian(jnp.zeros(3), jnp.zeros(3), c)
+    >>> s = jnp.array([[0.0, 1.0], [-1.0, 0.0]])
+    >>> g = LowRankGaussian(jnp.ones(3), jnp.ones(3), c @ s)  # a pure rotation of C
+    >>> jnp.abs(project_out_rotations(q, g).deviations).max() < 1e-6
+    Array(True, dtype=bool)
+    """
+    _check_tangent("g", g, q)
+    a = _gram(q.deviations, q.deviations)
+    cg = _gram(q.deviations, g.deviations)
+    lam, v = jnp.linalg.eigh(a)
+    b = v.T @ (cg - cg.T) @ v
+    denom = lam[:, None] + lam[None, :]
+    floor = jnp.finfo(denom.dtype).eps * a.shape[0] * jnp.maximum(lam[-1], 0.0)
+    s = v @ jnp.where(denom > floor, b / jnp.where(denom > floor, denom, 1.0), 0.0) @ v.T
+    rotation = _matmul(q.deviations, s)
+    return g._replace(deviations=jax.tree.map(jnp.subtract, g.deviations, rotation))
+
+
 def fisher_solve(
     q: LowRankGaussian,
     g: LowRankGaussian,
-    damping: float = 1e-3,
-    absolute_damping: float = 0.0,
+    damping: float = 1e-4,
+    relative_damping: float = 0.0,
+    project_rotations: bool = True,
     tol: float = 1e-5,
     atol: float = 0.0,
     maxiter: int = 100,
@@ -658,19 +696,23 @@ def fisher_solve(
     The Fisher is block diagonal. Its mean block is :math:`\\Sigma^{-1}`, so the
     mean part of the result is exactly ``cov_matvec(q, g.mean)`` (``O(PK)``, no
     damping). The covariance block :math:`F_c` is singular (see :func:`fisher_vp`)
-    and a Monte Carlo gradient has components in its null space, so that block is
-    solved with Levenberg-Marquardt damping,
+    and a Monte Carlo gradient has components in its null space, which a damped
+    solve would amplify by ``1 / damping``. So, by default, ``g`` is first
+    projected off the rotations of ``C`` (:func:`project_out_rotations`), and the
+    block is solved with damping,
 
     .. math::
 
-        (F_c + \\lambda \\operatorname{diag}(F_c) + \\epsilon I)\\, x = g_c,
+        (F_c + \\lambda_r \\operatorname{diag}(F_c) + \\lambda I)\\, x = g_c,
 
     by :func:`jax.scipy.sparse.linalg.cg` on the exact Fisher-vector product,
-    preconditioned by the exact diagonal. Damping relative to the diagonal makes
-    the solve invariant to the very different scales of the blocks (the log-scale
-    diagonal is about 2, the ``C`` diagonal about ``1 / (2 (K - 1) a)`` for a
-    diagonal variance ``a``); the preconditioned system is then well conditioned
-    apart from the null space, and CG typically converges in tens of iterations.
+    preconditioned by the diagonal of that matrix. The blocks live on very
+    different scales (the log-scale diagonal is about 2, the ``C`` diagonal about
+    ``1 / (2 (K - 1) a)`` for a diagonal variance ``a``): Levenberg-Marquardt damping
+    relative to the diagonal (``relative_damping``, e.g. ``1e-3``) is scale-free and
+    typically lets CG converge in tens of iterations; absolute ``damping`` is what
+    keeps the system regular where the diagonal vanishes (a zero column of ``C``,
+    e.g. :func:`isotropic`, where the whole ``C`` block of the Fisher is zero).
 
     Parameters
     ----------
@@ -679,14 +721,18 @@ def fisher_solve(
     g
         A gradient with respect to ``q`` (a ``LowRankGaussian`` pytree).
     damping
-        :math:`\\lambda`, relative to the Fisher's diagonal. A null direction of
-        ``g`` is amplified by ``1 / lambda`` relative to a well-determined one (in
-        the diagonal's units), so ``lambda`` bounds how much of the step is spent on
-        directions that do not change ``q`` (rotations of ``C``).
-    absolute_damping
-        :math:`\\epsilon`, added to the diagonal. Needed where the diagonal itself
-        vanishes: a zero column of ``C`` (e.g. :func:`isotropic`, where the whole
-        ``C`` block of the Fisher is zero).
+        :math:`\\lambda`, added to the covariance block's diagonal.
+    relative_damping
+        :math:`\\lambda_r`: the covariance block's own diagonal is scaled by
+        ``1 + relative_damping``. ``0`` by default (pure Tikhonov damping); in
+        float32 with realistic scales use e.g. ``1e-3``: with only a small absolute
+        ``damping`` the preconditioned system keeps a condition number of order
+        ``diag / damping`` along what is left of the null space after round-off,
+        and CG can stall or diverge.
+    project_rotations
+        Project ``g`` off the null directions ``dC = C S`` first (a no-op for exact
+        expected gradients). Without it, those components come back as
+        ``g / damping``.
     tol, atol
         CG stops when ``|residual| <= max(tol * |g_c|, atol)`` (unpreconditioned
         residual, Euclidean norm over ``(l, C)``) or after ``maxiter`` iterations.
@@ -713,17 +759,18 @@ def fisher_solve(
     _check_tangent("g", g, q)
     if x0 is not None:
         _check_tangent("x0", x0, q)
-    for name, value in (("damping", damping), ("absolute_damping", absolute_damping)):
+    for name, value in (("damping", damping), ("relative_damping", relative_damping)):
         v = concrete_or_none(value)
         if v is not None and not v >= 0:
             raise ValueError(f"`{name}` must be >= 0, got {value!r}")
     maxiter = check_positive_int("maxiter", maxiter)
+    if project_rotations:
+        g = project_out_rotations(q, g)
     ff = _fisher_factors(q)
     zeros_mean = jax.tree.map(jnp.zeros_like, q.mean)
     diag = _fisher_diagonal(ff)
-    shift = jax.tree.map(
-        lambda d: damping * d + absolute_damping, (diag.log_scale, diag.deviations)
-    )
+    diag = (diag.log_scale, diag.deviations)
+    shift = jax.tree.map(lambda d: relative_damping * d + damping, diag)
 
     def matvec(x):
         out = jax.grad(lambda t: _fisher_half_form(ff, t))(LowRankGaussian(zeros_mean, *x))
@@ -734,7 +781,7 @@ def fisher_solve(
         # entries whose damped diagonal is exactly zero (C = 0, no damping) stay unscaled
         inv = jax.tree.map(
             lambda d, s: jnp.where(d + s > 0, 1.0 / (d + s), 1.0),
-            (diag.log_scale, diag.deviations),
+            diag,
             shift,
         )
         preconditioner = lambda x: jax.tree.map(jnp.multiply, inv, x)

@@ -99,14 +99,17 @@ def natural_gradient(
     fisher: str = "exact",
     damping: float = 1e-4,
     cg_maxiter: int = 20,
+    relative_damping: float = 1e-3,
 ) -> LowRankGaussian:
     """``F^{-1} g`` restricted to the trained blocks (zeros elsewhere).
 
     The Fisher is block diagonal between the mean and ``(log_scale, deviations)``, so
     restricting to the mean is exact (``Sigma g``). ``fisher="diagonal"`` divides by
     the exact Fisher diagonal plus ``damping``; ``fisher="exact"`` solves the
-    covariance block by CG (:func:`flatjax.vi.lowrank_gaussian.fisher_solve`), which
-    needs both covariance blocks trained (or neither).
+    covariance block by CG (:func:`flatjax.vi.lowrank_gaussian.fisher_solve`, after
+    projecting out the rotations of ``C`` that leave ``Sigma`` unchanged), damped by
+    ``damping * I + relative_damping * diag(F)``; it needs both covariance blocks trained
+    (or neither).
     """
     g = _mask(g, train)
     if train == ("mean",):
@@ -117,7 +120,10 @@ def natural_gradient(
         if "mean" in train:  # the mean block is exact and cheap
             direction = direction._replace(mean=lrg.cov_matvec(q, g.mean))
         return _mask(direction, train)
-    return _mask(lrg.fisher_solve(q, g, damping=damping, maxiter=cg_maxiter), train)
+    solved = lrg.fisher_solve(
+        q, g, damping=damping, relative_damping=relative_damping, maxiter=cg_maxiter
+    )
+    return _mask(solved, train)
 
 
 def perturbation(
@@ -128,6 +134,7 @@ def perturbation(
     fisher: str = "exact",
     damping: float = 1e-4,
     cg_maxiter: int = 20,
+    relative_damping: float = 1e-3,
 ) -> tuple[LowRankGaussian, jax.Array]:
     """SA-BMA's adversarial step ``Delta* = sqrt(2 rho) F^{-1} g / sqrt(g^T F^{-1} g)``.
 
@@ -147,7 +154,7 @@ def perturbation(
     >>> delta.mean  # sqrt(2 * 1 * 0.5) * g / |g|
     Array([0.6, 0.8], dtype=float32)
     """
-    direction = natural_gradient(q, g, train, fisher, damping, cg_maxiter)
+    direction = natural_gradient(q, g, train, fisher, damping, cg_maxiter, relative_damping)
     quad = _vdot(_mask(g, train), direction)
     # g^T F^{-1} g > 0 unless g vanishes (or CG lost it to round-off): then no step
     positive = quad > 0
@@ -168,6 +175,7 @@ def build_kernel(
     prior_variance: float = 1.0,
     prior_mean: ArrayLikeTree | None = None,
     loss_takes_key: bool = False,
+    relative_damping: float = 1e-3,
 ) -> Callable:
     """Build ``kernel(rng_key, state, minibatch, step_size) -> (state, info)``; see
     :func:`as_top_level_api` for the parameters."""
@@ -181,6 +189,7 @@ def build_kernel(
             f"train={train!r}; use fisher='diagonal' for a partial covariance block"
         )
     damping = check_nonnegative("damping", damping)
+    relative_damping = check_nonnegative("relative_damping", relative_damping)
     cg_maxiter = check_positive_int("cg_maxiter", cg_maxiter)
     kl_weight = check_nonnegative("kl_weight", kl_weight)
     prior_variance = check_positive("prior_variance", prior_variance)
@@ -198,7 +207,7 @@ def build_kernel(
     def kernel(rng_key: PRNGKey, state: SABMAState, minibatch, step_size: float):
         q = state.q
         loss, g = value_and_grad(q, rng_key, minibatch)
-        delta, norm = perturbation(q, g, rho, train, fisher, damping, cg_maxiter)
+        delta, norm = perturbation(q, g, rho, train, fisher, damping, cg_maxiter, relative_damping)
         perturbed = jax.tree.map(jnp.add, q, delta)
         perturbed_loss, g_adv = value_and_grad(perturbed, rng_key, minibatch)
         g_adv = _mask(g_adv, train)
@@ -221,6 +230,7 @@ def as_top_level_api(
     prior_variance: float = 1.0,
     prior_mean: ArrayLikeTree | None = None,
     loss_takes_key: bool = False,
+    relative_damping: float = 1e-3,
 ) -> SamplingAlgorithm:
     """SA-BMA as an ``init``/``step`` pair over a :class:`LowRankGaussian`.
 
@@ -240,8 +250,10 @@ def as_top_level_api(
     fisher
         ``"exact"`` (CG on the exact Fisher of the covariance block) or
         ``"diagonal"`` (exact Fisher diagonal; the mean block stays exact).
-    damping, cg_maxiter
-        Damping of the covariance block's solve, and its CG iterations.
+    damping, relative_damping, cg_maxiter
+        The covariance block's solve is damped by ``damping * I + relative_damping *
+        diag(F)`` (the relative part keeps float32 CG convergent at realistic scales),
+        with at most ``cg_maxiter`` CG iterations.
     kl_weight, prior_variance, prior_mean
         Optional ``kl_weight * KL(q || N(prior_mean, prior_variance I))`` added to the
         objective (e.g. ``1 / N`` for the ELBO's scale).
@@ -283,6 +295,7 @@ def as_top_level_api(
         prior_variance,
         prior_mean,
         loss_takes_key,
+        relative_damping,
     )
 
     def init_fn(q: LowRankGaussian, rng_key: PRNGKey | None = None) -> SABMAState:

@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from jax import lax
 
 from flatjax.nn import CNN, MLP, ResNet18, make_model
 from flatjax.nn.masks import leaf_paths, norm_and_head_mask
-from flatjax.nn.models import MODELS, NORMS
+from flatjax.nn.models import MODELS, NORMS, canonical_conv
 
 
 def num_params(tree) -> int:
@@ -159,3 +160,87 @@ def test_num_classes_must_be_positive(bad):
 def test_num_classes_must_be_an_integer():
     with pytest.raises(TypeError, match="num_classes"):
         MLP(num_classes=2.5)
+
+
+@pytest.mark.parametrize(
+    "x_shape, k_shape, strides, padding",
+    [
+        ((2, 7, 7, 3), (3, 3, 3, 4), (1, 1), "SAME"),
+        ((2, 9, 9, 3), (3, 3, 3, 5), (2, 2), "SAME"),  # last row unreached by the windows
+        ((2, 8, 8, 3), (1, 1, 3, 4), (2, 2), "SAME"),  # ResNet projection shortcut
+        ((2, 9, 8, 3), (3, 2, 3, 4), (1, 2), ((1, 2), (0, 1))),
+        ((2, 10, 3), (4, 3, 2), (3,), "SAME"),  # one spatial axis
+    ],
+)
+def test_canonical_conv_matches_lax_values_and_gradients(x_shape, k_shape, strides, padding):
+    nd = len(x_shape) - 2
+    dn = lax.ConvDimensionNumbers(
+        (0, nd + 1, *range(1, nd + 1)), (nd + 1, nd, *range(nd)), (0, nd + 1, *range(1, nd + 1))
+    )
+    x = jax.random.normal(jax.random.key(0), x_shape)
+    k = jax.random.normal(jax.random.key(1), k_shape)
+
+    ct = jax.random.normal(
+        jax.random.key(2),
+        lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=dn).shape,
+    )
+
+    @jax.jit
+    def value_and_vjp(x, k, ct):
+        out = {}
+        for name, fn in [("lax", lax.conv_general_dilated), ("canonical", canonical_conv)]:
+            y, vjp = jax.vjp(lambda x, k: fn(x, k, strides, padding, dimension_numbers=dn), x, k)
+            out[name] = (y, *vjp(ct))
+        return out
+
+    out = value_and_vjp(x, k, ct)
+    for got, want in zip(out["canonical"], out["lax"], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_canonical_conv_passes_other_layouts_to_lax():
+    x, k = jnp.ones((1, 3, 6, 6)), jnp.ones((4, 3, 3, 3))  # NCHW, OIHW
+    out = canonical_conv(x, k, (1, 1), "SAME")
+    np.testing.assert_array_equal(out, lax.conv_general_dilated(x, k, (1, 1), "SAME"))
+    # and forward-mode autodiff still works there
+    jax.jvp(lambda k: canonical_conv(x, k, (1, 1), "SAME"), (k,), (k,))
+
+
+def test_conv_choice_changes_no_number():
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    y = jnp.arange(4) % 10
+    fast, plain = CNN(features=(4, 8), dense=8), CNN(features=(4, 8), dense=8, conv="xla")
+    params = fake_variables(plain, x)["params"]
+
+    @jax.jit
+    def grads(params):
+        def grad(model):
+            loss = lambda p: -jnp.mean(jax.nn.log_softmax(model.apply({"params": p}, x))[:, 0] * y)
+            return jax.grad(loss)(params)
+
+        return grad(fast), grad(plain)
+
+    canonical, plain_grads = grads(params)
+    leaves = zip(jax.tree.leaves(canonical), jax.tree.leaves(plain_grads), strict=True)
+    for got, want in leaves:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_xla_conv_supports_forward_over_reverse_hessian_vector_products():
+    model = CNN(features=(2,), dense=4, conv="xla")
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 1))
+    params = fake_variables(model, x)["params"]
+    loss = lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)
+    hvp = jax.jit(lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1])(params, params)
+    assert jax.tree.structure(hvp) == jax.tree.structure(params)
+    if jax.default_backend() == "cpu":  # "auto" is the custom-VJP convolution here
+        fast = CNN(features=(2,), dense=4)
+        with pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(lambda p: fast.apply({"params": p}, x), (params,), (params,))
+
+
+def test_models_reject_unknown_conv():
+    with pytest.raises(ValueError, match="`conv` must be one of"):
+        CNN(conv="fft")
+    with pytest.raises(ValueError, match="`conv` must be one of"):
+        ResNet18(conv="fft")

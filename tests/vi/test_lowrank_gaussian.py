@@ -200,21 +200,54 @@ def test_fisher_null_space_is_rotations_of_the_columns():
     assert np.sum(eig < 1e-10 * eig[-1]) == 3  # K (K - 1) / 2 and no more
 
 
-SOLVE = jax.jit(lrg.fisher_solve, static_argnames=("maxiter", "precondition"))
+SOLVE = jax.jit(lrg.fisher_solve, static_argnames=("maxiter", "precondition", "project_rotations"))
 
 
-@pytest.mark.parametrize("precondition", [True, pytest.param(False, marks=pytest.mark.slow)])
-def test_fisher_solve_matches_dense_solve(precondition):
+def project_off_null_space(fisher, g):
+    """Dense projection of g onto the range of F (orthogonal to its null space)."""
+    eig, vec = np.linalg.eigh(fisher)
+    null = vec[:, eig < 1e-10 * eig[-1]]
+    return g - null @ (null.T @ g)
+
+
+def test_project_out_rotations_is_the_projection_onto_the_range_of_the_fisher():
     q = random_q(12)
     fisher = dense_fisher(12, 3)
-    g = unflatten(np.random.default_rng(1).normal(size=fisher.shape[0]), q)
-    lam, eps = 1e-3, 1e-4
-    got = SOLVE(q, g, lam, eps, tol=1e-12, atol=0.0, maxiter=1000, precondition=precondition)
+    g = np.random.default_rng(3).normal(size=fisher.shape[0])
+    got = jax.jit(lrg.project_out_rotations)(q, unflatten(g, q))
+    np.testing.assert_allclose(flat(got), project_off_null_space(fisher, g), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "precondition, project",
+    [
+        (True, True),
+        pytest.param(True, False, marks=pytest.mark.slow),
+        pytest.param(False, True, marks=pytest.mark.slow),
+    ],
+)
+def test_fisher_solve_matches_dense_solve(precondition, project):
+    q = random_q(12)
+    fisher = dense_fisher(12, 3)
+    g = np.random.default_rng(1).normal(size=fisher.shape[0])
+    lam, lam_rel = 1e-4, 1e-3
+    got = SOLVE(
+        q,
+        unflatten(g, q),
+        lam,
+        lam_rel,
+        project,
+        tol=1e-12,
+        atol=0.0,
+        maxiter=1000,
+        precondition=precondition,
+    )
     _, cov = dense(q)
-    np.testing.assert_allclose(flat(got.mean), cov @ flat(g.mean), rtol=1e-10)
+    np.testing.assert_allclose(flat(got.mean), cov @ g[:P], rtol=1e-10)
+    rhs = project_off_null_space(fisher, g) if project else g
     block = fisher[P:, P:]
-    damped = block + lam * np.diag(np.diag(block)) + eps * np.eye(len(block))
-    want = np.linalg.solve(damped, flat(g)[P:])
+    damped = block + lam_rel * np.diag(np.diag(block)) + lam * np.eye(len(block))
+    want = np.linalg.solve(damped, rhs[P:])
     np.testing.assert_allclose(flat(got)[P:], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
@@ -223,7 +256,9 @@ def test_fisher_solve_inverts_the_fisher_on_its_range():
     q = random_q(12)
     fisher = dense_fisher(12, 3)
     g = fisher @ np.random.default_rng(2).normal(size=fisher.shape[0])
-    x = SOLVE(q, unflatten(g, q), 1e-9, 0.0, tol=1e-12, atol=0.0, maxiter=1000, precondition=True)
+    x = SOLVE(
+        q, unflatten(g, q), 1e-9, 0.0, True, tol=1e-12, atol=0.0, maxiter=1000, precondition=True
+    )
     np.testing.assert_allclose(fisher @ flat(x), g, rtol=1e-6, atol=1e-6 * np.abs(g).max())
 
 
@@ -282,5 +317,5 @@ def test_validation_errors():
         lrg.kl_to_isotropic(q, 0.0)
     with pytest.raises(ValueError, match="damping"):
         lrg.fisher_solve(q, q, damping=-1.0)
-    with pytest.raises(ValueError, match="absolute_damping"):
-        lrg.fisher_solve(q, q, absolute_damping=-1.0)
+    with pytest.raises(ValueError, match="relative_damping"):
+        lrg.fisher_solve(q, q, relative_damping=-1.0)

@@ -104,7 +104,7 @@ def test_exact_fisher_perturbation_lies_on_the_kl_ball():
 
         g = jax.grad(f)(q)
         damping = 1e-10
-        delta, _ = perturbation(q, g, 1e-3, damping=damping, cg_maxiter=200)
+        delta, _ = perturbation(q, g, 1e-3, damping=damping, cg_maxiter=200, relative_damping=0.0)
         fd = lrg.fisher_vp(q, delta)
         quad = vdot(delta, fd) + damping * (
             vdot(delta.log_scale, delta.log_scale) + vdot(delta.deviations, delta.deviations)
@@ -113,7 +113,7 @@ def test_exact_fisher_perturbation_lies_on_the_kl_ball():
         # the quadratic approximation of the KL becomes exact as rho -> 0
         errors = []
         for rho in (1e-2, 1e-4, 1e-6):
-            d, _ = perturbation(q, g, rho, damping=damping, cg_maxiter=200)
+            d, _ = perturbation(q, g, rho, damping=damping, cg_maxiter=200, relative_damping=0.0)
             moved = jax.tree.map(jnp.add, q, d)
             errors.append(abs(float(lrg.kl(moved, q)) / rho - 1))
         assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-2
@@ -184,6 +184,7 @@ def test_training_jit_vmap_over_runs_reduces_the_loss():
         ({"rho": 0.1, "train": ("mean", "bias")}, "train"),
         ({"rho": 0.1, "train": ()}, "train"),
         ({"rho": 0.1, "damping": -1.0}, "damping"),
+        ({"rho": 0.1, "relative_damping": -1.0}, "relative_damping"),
         ({"rho": 0.1, "kl_weight": -1.0}, "kl_weight"),
         ({"rho": 0.1, "prior_variance": 0.0}, "prior_variance"),
     ],

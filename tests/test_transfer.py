@@ -1,0 +1,150 @@
+"""The few-shot transfer pipeline (pretrain -> SWAG -> fine-tune -> BMA -> TS -> metrics)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flatjax import cli
+from flatjax.data import load_digits, split_classes
+from flatjax.nn import masks
+from flatjax.nn.models import MLP
+from flatjax.transfer import (
+    TRANSFER_METHODS,
+    SplitParams,
+    TransferConfig,
+    initial_posterior,
+    pretrain,
+    run_transfer,
+)
+from flatjax.vi import lowrank_gaussian as lrg
+from flatjax.vi import swag
+
+TINY = dict(
+    hidden=(16,),
+    source_epochs=3,
+    swag_epochs=2,
+    swag_rank=2,
+    epochs=3,
+    shots=3,
+    val_shots=2,
+    num_bma=3,
+    num_eigenvalues=2,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_digits()
+    return split_classes(ds, [0, 1, 2]), split_classes(ds, [3, 4, 5])
+
+
+FAST = {"sabma", "sgd"}
+
+
+@pytest.mark.parametrize(
+    "method",
+    [m if m in FAST else pytest.param(m, marks=pytest.mark.slow) for m in TRANSFER_METHODS],
+)
+def test_every_method_runs_the_pipeline(method, digits):
+    source, target = digits
+    report = run_transfer(TransferConfig(method=method, **TINY), source, target)
+    assert report["num_train"] == 9 and report["num_val"] == 6
+    # point estimates: 1; samplers: one per epoch of the second half (3 - 3 // 2); else num_bma
+    expected = {"sgd": 1, "sam": 1, "fsam": 1, "bsam": 1, "sgld": 2, "emcmc": 2}.get(method, 3)
+    assert report["num_bma_samples"] == expected
+    for key in ("accuracy", "nll", "ece"):
+        assert np.isfinite(report["test"][key])
+        assert np.isfinite(report["test_temperature_scaled"][key])
+    assert report["lambda_1_mean"] > 0
+    assert report["lambda_1_over_lambda_k"] >= 1.0
+
+
+def test_variational_part_is_norm_layers_and_a_fresh_head(digits):
+    source, _ = digits
+    config = TransferConfig(**TINY)
+    mean, state = pretrain(config, source)
+    q_source = swag.to_lowrank_gaussian(state)
+    target_params = MLP(features=(16,), num_classes=3, norm="layer").init(
+        jax.random.key(0), jnp.ones((1, 8, 8, 1))
+    )["params"]
+    split = SplitParams(target_params, masks.norm_and_head_mask(target_params, head="head"))
+    trainable, frozen = split.split(target_params)
+    assert set(trainable) == {"head/bias", "head/kernel", "norm0/bias", "norm0/scale"}
+    assert set(frozen) == {"Dense_0/bias", "Dense_0/kernel"}
+    head = {p: x for p, x in trainable.items() if p.startswith("head/")}
+    q = initial_posterior(config, split, q_source, head, jax.random.key(1))
+    np.testing.assert_array_equal(q.mean["head/kernel"], 0.0)
+    # the head's diagonal covariance is alpha = head_variance (up to the tiny deviations)
+    _, cov = lrg.to_dense(
+        lrg.LowRankGaussian(
+            {"k": q.mean["head/kernel"]},
+            {"k": q.log_scale["head/kernel"]},
+            {"k": q.deviations["head/kernel"]},
+        )
+    )
+    np.testing.assert_allclose(np.diag(cov), config.head_variance, rtol=0.05)
+    # the norm layers start at the source SWAG mean
+    np.testing.assert_array_equal(q.mean["norm0/scale"], mean["norm0"]["scale"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"swag_rank": 1}, "swag_rank"),
+        ({"rho": -1.0}, "rho"),
+        ({"head_variance": 0.0}, "head_variance"),
+        ({"method": "adam"}, "method"),
+        ({"backbone": "none"}, "backbone"),
+        ({"swag_epochs": 50}, "swag_epochs"),
+    ],
+)
+def test_bad_configuration(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TransferConfig(**kwargs).validate()
+
+
+def test_split_rejects_an_empty_mask():
+    params = {"a": jnp.ones(2)}
+    with pytest.raises(ValueError, match="selects no parameter"):
+        SplitParams(params, {"a": False})
+
+
+def test_transfer_command_line(tmp_path, capsys):
+    argv = [
+        "transfer",
+        "--method",
+        "sgd",
+        "--source",
+        "digits:0-2",
+        "--target",
+        "digits:3-5",
+        "--shots",
+        "3",
+        "--val-shots",
+        "2",
+        "--epochs",
+        "2",
+        "--source-epochs",
+        "2",
+        "--swag-epochs",
+        "2",
+        "--rank",
+        "2",
+        "--num-bma",
+        "2",
+        "--hidden",
+        "8",
+        "--out",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "lambda1" in out and "sgd" in out
+    report = json.loads((tmp_path / "results.json").read_text())["reports"][0]
+    assert report["config"]["shots"] == 3
+    with pytest.raises(SystemExit):
+        cli.main(["transfer", "--source", "digits:x-y"])
+    assert "classes" in capsys.readouterr().err

@@ -90,6 +90,11 @@ def hessian_vector_product(
 ) -> ArrayTree:
     """``H(params) v`` by forward-over-reverse differentiation, on pytrees.
 
+    Forward-over-reverse (``jax.jvp`` of ``jax.grad``) is the cheapest HVP. Models with
+    a ``jax.custom_vjp`` inside (e.g. :class:`flatjax.nn.models.CNN`'s default
+    ``conv="canonical"``) have no forward-mode rule; for them this falls back to
+    reverse-over-reverse, ``grad(<grad loss, v>)``, which gives the same product.
+
     Examples
     --------
     >>> import jax.numpy as jnp
@@ -99,7 +104,12 @@ def hessian_vector_product(
     Array([3., 0.], dtype=float32)
     """
     _check_same_structure("vector", vector, params)
-    return jax.jvp(jax.grad(loss_fn), (params,), (vector,))[1]
+    try:
+        return jax.jvp(jax.grad(loss_fn), (params,), (vector,))[1]
+    except TypeError as err:
+        if "custom_vjp" not in str(err):
+            raise
+    return jax.grad(lambda p: _tree_vdot(jax.grad(loss_fn)(p), vector))(params)
 
 
 def _check_lanczos(k: int, num_iterations: int | None, size: int) -> tuple[int, int]:

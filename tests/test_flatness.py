@@ -198,3 +198,18 @@ def test_validation():
         flatness.interpolate_loss(loss, params, {"a": params["a"]})
     with pytest.raises(ValueError, match="exceeds"):
         flatness.eigenvalue_ratio(jnp.ones(3), k=4)
+
+
+def test_hvp_falls_back_to_reverse_mode_for_custom_vjp_models():
+    from flatjax.nn.models import CNN
+
+    model = CNN(num_classes=3)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    params = model.init(jax.random.key(1), x)["params"]
+    loss = lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)
+    v = jax.tree.map(jnp.ones_like, params)
+    hvp = flatness.hessian_vector_product(loss, params, v)
+    xla = CNN(num_classes=3, conv="xla")
+    loss_xla = lambda p: jnp.sum(xla.apply({"params": p}, x) ** 2)
+    expected = jax.jvp(jax.grad(loss_xla), (params,), (v,))[1]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4), hvp, expected)

@@ -138,8 +138,10 @@ def check_step_size(step_size, eta: float, temperature=1.0) -> None:
 
     The coupling term has Hessian eigenvalues ``0`` and ``2 / eta``, so the
     Euler step diverges for ``step_size >= eta`` whatever the model. Traced values
-    (inside ``jit``) cannot be checked here; the run loop checks its schedule
-    before it starts and reports NaNs with the step at which they appeared.
+    (inside ``jit``, including every step size inside :func:`flatjax.inference.run`,
+    even a constant one) cannot be checked here: check the schedule's largest value
+    before running (``python -m flatjax`` does). The run loop raises
+    :class:`~flatjax.inference.loop.DivergenceError` naming the epoch and chains.
     """
     h = concrete_or_none(step_size)
     if h is not None:

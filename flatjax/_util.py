@@ -107,3 +107,20 @@ def check_matching_tree(name: str, tree: ArrayLikeTree, ref_name: str, ref: Arra
                 f"`{name}` leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(a)}, but "
                 f"`{ref_name}` has {jnp.shape(b)}"
             )
+
+
+def check_floating_tree(name: str, tree: ArrayLikeTree) -> None:
+    """Raise ``ValueError`` for an empty pytree, ``TypeError`` for a non-float leaf.
+
+    The message names the argument and the leaf's path.
+    """
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    if not leaves:
+        raise ValueError(f"`{name}` is an empty pytree: there is nothing to work on")
+    for path, leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"`{name}` leaf {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; "
+                f"it must be floating point (e.g. float32)"
+            )

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from blackjax.types import Array, ArrayLikeTree, ArrayTree, PRNGKey
 from jax.flatten_util import ravel_pytree
 
-from flatjax._util import check_positive_int
+from flatjax._util import check_floating_tree, check_matching_tree, check_positive_int
 
 __all__ = [
     "hessian_vector_product",
@@ -51,34 +51,6 @@ _NORMALIZE = ("filter", "layer", None)
 def _tree_vdot(x: ArrayTree, y: ArrayTree) -> Array:
     leaves = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.sum(a * b), x, y))
     return sum(leaves[1:], leaves[0])
-
-
-def _check_params(params: ArrayLikeTree, name: str = "params") -> None:
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    if not leaves:
-        raise ValueError(f"`{name}` is an empty pytree")
-    for path, leaf in leaves:
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise TypeError(
-                f"`{name}` leaf {jax.tree_util.keystr(path) or '<root>'} has dtype "
-                f"{jnp.result_type(leaf)}; parameters must be floating point"
-            )
-
-
-def _check_same_structure(name: str, tree: ArrayLikeTree, params: ArrayLikeTree) -> None:
-    if jax.tree.structure(tree) != jax.tree.structure(params):
-        raise ValueError(
-            f"`{name}` must have the pytree structure of `params` "
-            f"{jax.tree.structure(params)}, got {jax.tree.structure(tree)}"
-        )
-    for (path, p), x in zip(
-        jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(tree), strict=True
-    ):
-        if jnp.shape(x) != jnp.shape(p):
-            raise ValueError(
-                f"`{name}` leaf {jax.tree_util.keystr(path) or '<root>'} has shape "
-                f"{jnp.shape(x)}, expected {jnp.shape(p)}"
-            )
 
 
 def _num_params(params: ArrayLikeTree) -> int:
@@ -103,7 +75,7 @@ def hessian_vector_product(
     >>> hessian_vector_product(loss, params, {"x": jnp.zeros(2), "y": jnp.ones(())})["x"]
     Array([3., 0.], dtype=float32)
     """
-    _check_same_structure("vector", vector, params)
+    check_matching_tree("vector", vector, "params", params)
     try:
         return jax.jvp(jax.grad(loss_fn), (params,), (vector,))[1]
     except TypeError as err:
@@ -218,7 +190,7 @@ def top_eigenvalues(
     >>> [round(float(x), 3) for x in top]
     [6.0, 5.0]
     """
-    _check_params(params)
+    check_floating_tree("params", params)
     flat, unravel = ravel_pytree(params)
     k, m = _check_lanczos(k, num_iterations, flat.shape[0])
     key = jax.random.key(0) if rng_key is None else rng_key
@@ -365,7 +337,7 @@ def hutchinson_trace(
     >>> hutchinson_trace(loss, jnp.zeros(4), jax.random.key(0), num_samples=3)
     Array(10., dtype=float32)
     """
-    _check_params(params)
+    check_floating_tree("params", params)
     num_samples = check_positive_int("num_samples", num_samples)
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)
@@ -412,8 +384,8 @@ def interpolate_loss(
     >>> losses
     Array([0. , 0.5, 2. ], dtype=float32)
     """
-    _check_params(params_a, "params_a")
-    _check_same_structure("params_b", params_b, params_a)
+    check_floating_tree("params_a", params_a)
+    check_matching_tree("params_b", params_b, "params_a", params_a)
     num_points = check_positive_int("num_points", num_points)
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)
@@ -457,7 +429,7 @@ def random_direction(
     >>> jnp.linalg.norm(d["kernel"], axis=0).round(4), d["bias"]
     (Array([1.7321, 1.7321], dtype=float32), Array([0., 0.], dtype=float32))
     """
-    _check_params(params)
+    check_floating_tree("params", params)
     if normalize not in _NORMALIZE:
         raise ValueError(f"`normalize` must be one of {_NORMALIZE}, got {normalize!r}")
     leaves, treedef = jax.tree.flatten(params)
@@ -509,7 +481,7 @@ def random_direction_loss(
     ...                       num_directions=2).shape
     (2, 2)
     """
-    _check_params(params)
+    check_floating_tree("params", params)
     num_directions = check_positive_int("num_directions", num_directions)
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)

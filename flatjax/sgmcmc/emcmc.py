@@ -41,6 +41,7 @@ from blackjax.base import SamplingAlgorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
 from flatjax._util import (
+    check_floating_tree,
     check_matching_tree,
     check_nonnegative,
     check_positive,
@@ -76,19 +77,6 @@ class EMCMCState(NamedTuple):
     guide: ArrayTree
 
 
-def _check_floating(position: ArrayLikeTree) -> None:
-    leaves = jax.tree_util.tree_leaves_with_path(position)
-    if not leaves:
-        raise ValueError("`position` is an empty pytree: there is nothing to sample")
-    for path, leaf in leaves:
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"`position` leaf {jax.tree_util.keystr(path) or '<root>'} has dtype "
-                f"{dtype}; positions must be floating point (e.g. float32)"
-            )
-
-
 def init(position: ArrayLikeTree) -> EMCMCState:
     """Start a chain with the guide at the position (as the reference code does).
 
@@ -99,7 +87,7 @@ def init(position: ArrayLikeTree) -> EMCMCState:
     >>> state.guide["w"]
     Array([1., 1.], dtype=float32)
     """
-    _check_floating(position)
+    check_floating_tree("position", position)
     position = jax.tree.map(jnp.asarray, position)
     return EMCMCState(position, jax.tree.map(jnp.copy, position))
 

@@ -50,7 +50,12 @@ from blackjax.types import Array, ArrayLikeTree, ArrayTree, PRNGKey
 from jax.flatten_util import ravel_pytree
 from jax.scipy.linalg import cho_solve, solve_triangular
 
-from flatjax._util import check_positive_int, concrete_or_none, normal_like
+from flatjax._util import (
+    check_matching_tree,
+    check_positive_int,
+    concrete_or_none,
+    normal_like,
+)
 
 __all__ = [
     "LowRankGaussian",
@@ -102,20 +107,8 @@ def _path(path) -> str:
 
 
 def _check_like(name: str, tree: ArrayLikeTree, mean: ArrayLikeTree) -> None:
-    """Raise unless ``tree`` has the structure and leaf shapes of ``mean``."""
-    if jax.tree.structure(tree) != jax.tree.structure(mean):
-        raise ValueError(
-            f"`{name}` must have the pytree structure of the mean "
-            f"{jax.tree.structure(mean)}, got {jax.tree.structure(tree)}"
-        )
-    for (path, m), x in zip(
-        jax.tree_util.tree_leaves_with_path(mean), jax.tree.leaves(tree), strict=True
-    ):
-        if jnp.shape(x) != jnp.shape(m):
-            raise ValueError(
-                f"`{name}` leaf {_path(path)} has shape {jnp.shape(x)}, "
-                f"expected the mean's shape {jnp.shape(m)}"
-            )
+    """Raise unless ``tree`` has the structure and leaf shapes of the mean."""
+    check_matching_tree(name, tree, "mean", mean)
 
 
 def rank(q: LowRankGaussian, name: str = "q") -> int:

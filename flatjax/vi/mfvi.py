@@ -50,8 +50,14 @@ import optax
 from blackjax.base import SamplingAlgorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
-from flatjax._util import check_positive, check_positive_int, concrete_or_none, normal_like
-from flatjax.vi.lowrank_gaussian import _check_like
+from flatjax._util import (
+    check_floating_tree,
+    check_matching_tree,
+    check_positive,
+    check_positive_int,
+    concrete_or_none,
+    normal_like,
+)
 
 __all__ = [
     "MFVIState",
@@ -103,19 +109,6 @@ class GaussianPrior(NamedTuple):
     std: Any
 
 
-def _check_floating(position: ArrayLikeTree) -> None:
-    leaves = jax.tree_util.tree_leaves_with_path(position)
-    if not leaves:
-        raise ValueError("`position` is an empty pytree: there is nothing to fit")
-    for path, leaf in leaves:
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"`position` leaf {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; "
-                f"variational parameters must be floating point"
-            )
-
-
 def _moped_scale(w: ArrayLikeTree, delta: float, min_scale: float) -> ArrayTree:
     return jax.tree.map(lambda x: jnp.maximum(delta * jnp.abs(x), min_scale), w)
 
@@ -133,7 +126,7 @@ def moped_prior(
     """
     delta = check_positive("delta", delta)
     min_scale = check_positive("min_scale", min_scale)
-    _check_floating(pretrained)
+    check_floating_tree("pretrained", pretrained)
     w = jax.tree.map(jnp.asarray, pretrained)
     return GaussianPrior(w, _moped_scale(w, delta, min_scale))
 
@@ -156,14 +149,14 @@ def init(
     >>> jnp.exp(state.log_scale).round(6)
     Array([0.1, 0.3], dtype=float32)
     """
-    _check_floating(position)
+    check_floating_tree("position", position)
     position = jax.tree.map(jnp.asarray, position)
     if log_scale is None:
         delta = check_positive("delta", delta)
         min_scale = check_positive("min_scale", min_scale)
         log_scale = jax.tree.map(jnp.log, _moped_scale(position, delta, min_scale))
     else:
-        _check_like("log_scale", log_scale, position)
+        check_matching_tree("log_scale", log_scale, "position", position)
         log_scale = jax.tree.map(lambda s, p: jnp.asarray(s, p.dtype), log_scale, position)
     direction = direction if direction is not None else optax.identity()
     return MFVIState(position, log_scale, direction.init((position, log_scale)))
@@ -175,7 +168,7 @@ def _broadcast(name: str, value: Any, like: ArrayTree) -> ArrayTree:
     if len(leaves) == 1 and jnp.ndim(leaves[0]) == 0:
         return jax.tree.map(lambda _: leaves[0], like)
     if jax.tree.structure(value) == jax.tree.structure(like):
-        _check_like(name, value, like)
+        check_matching_tree(name, value, "position", like)
         return value
     raise ValueError(
         f"`{name}` must be a scalar or a pytree with the parameters' structure "

@@ -47,9 +47,14 @@ import jax
 import jax.numpy as jnp
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
-from flatjax._util import check_positive_int, concrete_or_none
+from flatjax._util import (
+    check_floating_tree,
+    check_matching_tree,
+    check_positive_int,
+    concrete_or_none,
+)
 from flatjax.vi import lowrank_gaussian
-from flatjax.vi.lowrank_gaussian import LowRankGaussian, _check_like
+from flatjax.vi.lowrank_gaussian import LowRankGaussian
 
 __all__ = [
     "SWAGState",
@@ -93,19 +98,6 @@ def _check_rank(max_rank: int) -> int:
     return k
 
 
-def _check_floating(params: ArrayLikeTree) -> None:
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    if not leaves:
-        raise ValueError("`params` is an empty pytree: there is nothing to collect")
-    for path, leaf in leaves:
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(
-                f"`params` leaf {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; "
-                f"SWAG needs floating-point parameters"
-            )
-
-
 def init(params: ArrayLikeTree, max_rank: int = 20) -> SWAGState:
     """An empty SWAG state shaped like ``params`` (only their shapes and dtypes are used).
 
@@ -119,7 +111,7 @@ def init(params: ArrayLikeTree, max_rank: int = 20) -> SWAGState:
     ((2, 3, 5), 0)
     """
     k = _check_rank(max_rank)
-    _check_floating(params)
+    check_floating_tree("params", params)
     zeros = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params)
     deviations = jax.tree.map(lambda z: jnp.zeros(z.shape + (k,), z.dtype), zeros)
     return SWAGState(zeros, zeros, deviations, jnp.zeros((), jnp.int32))
@@ -146,7 +138,7 @@ def update(state: SWAGState, params: ArrayLikeTree) -> SWAGState:
     Array([[0., 1.],
            [0., 1.]], dtype=float32)
     """
-    _check_like("params", params, state.mean)
+    check_matching_tree("params", params, "state.mean", state.mean)
     n = state.num_collected + 1
     slot = state.num_collected % _rank(state)
 

@@ -145,6 +145,7 @@ def run(
     checkpoint_every: int = 1,
     resume: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    vectorize_chains: bool = True,
     mesh: jax.sharding.Mesh | None = None,
 ) -> RunResult:
     """Run ``algorithm`` for ``num_epochs`` epochs on vmapped chains.
@@ -201,6 +202,12 @@ def run(
         :class:`~flatjax.inference.checkpoint.CheckpointError`.
     on_epoch_end
         ``callback(epoch, traces)`` on the host after every finished epoch (logging).
+    vectorize_chains
+        ``True`` (default): chains are ``jax.vmap``-ped, the right choice on
+        accelerators. ``False``: chains run one after another inside the same jitted
+        epoch (``jax.lax.map``), which can be faster on CPU for larger models, where
+        vmapping buys no parallelism and turns convolutions into slow grouped ones
+        (see ``benchmarks/results/step_overhead.md``). Same samples either way.
     mesh
         Run on a device mesh (:func:`flatjax.inference.sharding.make_mesh`): chains
         split over its ``"chains"`` axis, each minibatch over its ``"data"`` axis (the
@@ -227,6 +234,8 @@ def run(
         or (checkpoint_every < 1)
     ):
         raise ValueError(f"`checkpoint_every` must be a positive integer, got {checkpoint_every!r}")
+    if mesh is not None and not vectorize_chains:
+        raise ValueError("`vectorize_chains=False` cannot be combined with a `mesh`")
     if on_divergence not in ("raise", "stop"):
         raise ValueError(f"`on_divergence` must be 'raise' or 'stop', got {on_divergence!r}")
     single_array = not isinstance(data, tuple | list)
@@ -297,8 +306,12 @@ def run(
     def run_epoch(state, epoch):
         keys = jax.random.split(jax.random.fold_in(rng_key, epoch), num_chains)
         keys = place.constrain_chains(keys)
-        epoch_fn = jax.vmap(chain_epoch, in_axes=(0, 0, None), spmd_axis_name=place.chain_axis)
-        state = place.constrain_chains(epoch_fn(state, keys, epoch))
+        if vectorize_chains:
+            epoch_fn = jax.vmap(chain_epoch, in_axes=(0, 0, None), spmd_axis_name=place.chain_axis)
+            state = epoch_fn(state, keys, epoch)
+        else:
+            state = jax.lax.map(lambda sk: chain_epoch(sk[0], sk[1], epoch), (state, keys))
+        state = place.constrain_chains(state)
         finite = jax.vmap(all_finite)(state)
         traces = jax.vmap(trace_fn)(_default_sample_fn(state)["theta"]) if trace_fn else {}
         return state, *place.constrain_replicated((finite, traces))

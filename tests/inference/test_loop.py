@@ -260,3 +260,25 @@ def test_several_minibatches_per_step(problem):
             minibatches_per_step=0,
             step_size=1e-3,
         )
+
+
+def test_sequential_chains_give_the_same_samples(problem):
+    x, y, grad_fn, params, predict = problem
+    sampler = flatjax.emcmc(grad_fn, eta=0.05)
+    states = jax.vmap(sampler.init)(stack_chains(params, 3))
+    args = dict(
+        num_epochs=2,
+        batch_size=32,
+        step_size=1e-3,
+        collect=loop.every(1),
+        predict_fn=predict,
+        eval_x=x[:5],
+        progress=False,
+    )
+    a = loop.run(sampler, states, (x, y), jax.random.key(3), **args)
+    b = loop.run(sampler, states, (x, y), jax.random.key(3), vectorize_chains=False, **args)
+    jax.tree.map(
+        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6),
+        (a.samples, a.bma),
+        (b.samples, b.bma),
+    )

@@ -52,6 +52,7 @@ TESTED = {
     "flax_bnn_emcmc_vs_sgld.py",
     "nuts_on_the_joint.py",
     "multi_device_chains.py",
+    "transfer_sabma.py",
 }
 
 
@@ -99,3 +100,11 @@ def test_multi_device_chains() -> None:
         assert match, out
         diff, acc = (float(v) for v in match.groups())
         assert diff < 1e-3 and 0.1 < acc <= 1.0
+
+
+def test_transfer_sabma() -> None:
+    out = run_example("transfer_sabma.py")
+    assert re.search(r"method\s+ACC\s+NLL\s+ECE\s+NLL-TS\s+ECE-TS\s+lambda1", out), out
+    for method in ("sabma", "sgd", "swag"):
+        acc, nll, ece, nll_ts, ece_ts, lam = row(out, method, 6)
+        assert 0.0 < acc <= 1.0 and nll > 0 and nll_ts > 0 and 0 <= ece <= 1 and lam > 0

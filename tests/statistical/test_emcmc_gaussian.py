@@ -143,7 +143,7 @@ SGLD_CASES = [
 # The SGHMC recursion (the old momentum moves x, the gradient at the old x drives v)
 # is stable only for step_size * lambda_max(-J) < alpha; these cases respect that.
 SGHMC_CASES = [
-    Case(2, 0.02, 0.5, 1.0, alpha=0.5),
+    Case(2, 0.05, 0.5, 1.0, alpha=0.5),
     Case(2, 0.05, 0.3, 0.5, guide_prior_precision=0.5, alpha=0.3),
     Case(10, 0.02, 0.5, 1.0, alpha=0.5),
 ]

@@ -145,7 +145,7 @@ SGLD_CASES = [
 SGHMC_CASES = [
     Case(2, 0.05, 0.5, 1.0, alpha=0.5),
     Case(2, 0.05, 0.3, 0.5, guide_prior_precision=0.5, alpha=0.3),
-    Case(10, 0.02, 0.5, 1.0, alpha=0.5),
+    Case(10, 0.05, 0.5, 1.0, alpha=0.5),
 ]
 SLOW = pytest.mark.slow
 

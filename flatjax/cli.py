@@ -340,6 +340,8 @@ def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             reports.append(run_transfer(c, source, target))
         except ValueError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
+        except FloatingPointError as err:  # DivergenceError
+            parser.exit(3, f"{parser.prog}: {c.method} diverged: {err}\n")
     header = ["method", "ACC", "NLL", "ECE", "NLL(TS)", "ECE(TS)", "lambda1", "l1/lk", "time(s)"]
     rows = [
         [

@@ -307,8 +307,13 @@ def finetune(
         q = jax.tree.map(lambda a: a[0], result.state.q)
         return lrg.sample_n(bma_key, q, config.num_bma), backbone
     if method == "mfvi":
-        kernel = mfvi.as_top_level_api(loglik, n, mfvi.moped_prior(q0.mean), momentum)
-        result = run(kernel, kernel.init(q0.mean), step_size=step)
+        # MOPED's prior N(w, (0.1 |w|)^2) collapses on the fresh zero head: floor its
+        # scale (and the initial sigma) at the head's prior sd, sqrt(head_variance)
+        floor = math.sqrt(config.head_variance) * 10.0
+        prior = mfvi.moped_prior(q0.mean, min_scale=floor)
+        kernel = mfvi.as_top_level_api(loglik, n, prior, momentum)
+        state0 = mfvi.init(q0.mean, momentum, min_scale=floor)
+        result = run(kernel, state0, step_size=step)
         state = jax.tree.map(lambda a: a[0], result.state)
         return mfvi.sample(bma_key, state, config.num_bma), backbone
     if method in ("sgd", "swag"):

@@ -280,7 +280,7 @@ def run(
     data = place.put_replicated(data)
     collect_epochs = [e for e in range(num_epochs) if collect(e)]
 
-    def chain_epoch(state, chain_key, epoch):
+    def chain_epoch(state, chain_key, epoch, data):
         perm_key, steps_key = jax.random.split(chain_key)
         perm = jax.random.permutation(perm_key, n)
         step_keys = jax.random.split(steps_key, num_batches)
@@ -303,14 +303,16 @@ def run(
         return jnp.stack(leaves).all()
 
     @jax.jit
-    def run_epoch(state, epoch):
+    def run_epoch(state, epoch, data):
         keys = jax.random.split(jax.random.fold_in(rng_key, epoch), num_chains)
         keys = place.constrain_chains(keys)
         if vectorize_chains:
-            epoch_fn = jax.vmap(chain_epoch, in_axes=(0, 0, None), spmd_axis_name=place.chain_axis)
-            state = epoch_fn(state, keys, epoch)
+            epoch_fn = jax.vmap(
+                chain_epoch, in_axes=(0, 0, None, None), spmd_axis_name=place.chain_axis
+            )
+            state = epoch_fn(state, keys, epoch, data)
         else:
-            state = jax.lax.map(lambda sk: chain_epoch(sk[0], sk[1], epoch), (state, keys))
+            state = jax.lax.map(lambda sk: chain_epoch(sk[0], sk[1], epoch, data), (state, keys))
         state = place.constrain_chains(state)
         finite = jax.vmap(all_finite)(state)
         traces = jax.vmap(trace_fn)(_default_sample_fn(state)["theta"]) if trace_fn else {}
@@ -321,7 +323,7 @@ def run(
         eval_x = place.put_replicated(jnp.asarray(eval_x))
 
     @jax.jit
-    def collect_sample(state, buffers, bmas, slot):
+    def collect_sample(state, buffers, bmas, slot, eval_x):
         named = sample_fn(state)
         if buffers is not None:
             buffers = {
@@ -422,7 +424,7 @@ def run(
 
     try:
         for epoch in range(next_epoch, num_epochs):
-            new_state, finite, traces = run_epoch(state, epoch)
+            new_state, finite, traces = run_epoch(state, epoch, data)
             finite = np.asarray(finite)
             if not finite.all():
                 bad = [int(c) for c in np.flatnonzero(~finite)]
@@ -440,7 +442,9 @@ def run(
             for k, v in traces.items():
                 trace[k][epoch] = np.asarray(v)
             if epoch in collect_epochs:
-                buffers, bmas = collect_sample(state, buffers, bmas, collect_epochs.index(epoch))
+                buffers, bmas = collect_sample(
+                    state, buffers, bmas, collect_epochs.index(epoch), eval_x
+                )
             if checkpointer is not None and (
                 (epoch + 1) % checkpoint_every == 0 or epoch + 1 == num_epochs
             ):

@@ -584,7 +584,9 @@ class IsotropicGaussianMixture:
         angle, which converges geometrically for the periodic integrand).
         """
         if self.dim != 2:
-            raise NotImplementedError("disc probabilities are implemented for d = 2")
+            raise ValueError(
+                f"disc probabilities need a 2-D mixture (polar quadrature), got dim={self.dim}"
+            )
         centre = np.asarray(centre, dtype=np.float64)
         nodes, weights = np.polynomial.legendre.leggauss(num_radial)
         rho = 0.5 * radius * (nodes + 1.0)

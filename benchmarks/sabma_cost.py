@@ -205,21 +205,22 @@ def initial_q(params: Any, seed: int = 1) -> lrg.LowRankGaussian:
     return lrg.LowRankGaussian(params, log_scale, deviations)
 
 
-def transfer_setup(problem: Problem) -> tuple[lrg.LowRankGaussian, Callable]:
-    """``(q over norm layers + head, loss(w, batch, key))`` as in :mod:`flatjax.transfer`.
+def transfer_setup(problem: Problem) -> tuple[lrg.LowRankGaussian, Callable, Callable]:
+    """``(q over norm layers + head, loss(w, batch, backbone), draw(key))`` as in
+    :mod:`flatjax.transfer`.
 
-    The frozen backbone is drawn from a source posterior (here :func:`initial_q`
-    over the whole network) at every loss evaluation.
+    The frozen backbone is drawn once per step from the backbone marginal of a source
+    posterior (here :func:`initial_q` over the whole network).
     """
     source_q = initial_q(problem.params, seed=2)
     split = SplitParams(problem.params, masks.norm_and_head_mask(problem.params, head="head"))
     q = lrg.LowRankGaussian(*(split.split(part)[0] for part in source_q))
+    backbone_q = lrg.LowRankGaussian(*(split.split(part)[1] for part in source_q))
 
-    def loss(w: Any, batch: tuple[jax.Array, jax.Array], key: jax.Array) -> jax.Array:
-        backbone = split.split(lrg.sample(key, source_q))[1]
+    def loss(w: Any, batch: tuple[jax.Array, jax.Array], backbone: Any) -> jax.Array:
         return problem.loss(split.merge(w, backbone), batch)
 
-    return q, loss
+    return q, loss, lambda key: lrg.sample(key, backbone_q)
 
 
 def variants(problem: Problem, names: Sequence[str]) -> dict[str, tuple[Callable, Any]]:
@@ -239,9 +240,9 @@ def variants(problem: Problem, names: Sequence[str]) -> dict[str, tuple[Callable
             kernel = sam_lib.as_top_level_api(grad_estimator, RHO_SAM, "sam", direction)
             state = jax.jit(kernel.init)(problem.params)
         elif name == "sabma_transfer":
-            q_t, loss_t = transfer_setup(problem)
+            q_t, loss_t, draw = transfer_setup(problem)
             kernel = sabma.as_top_level_api(
-                loss_t, RHO_SABMA, direction, fisher="exact", damping=DAMPING, loss_takes_key=True
+                loss_t, RHO_SABMA, direction, fisher="exact", damping=DAMPING, draw=draw
             )
             state = jax.jit(kernel.init)(q_t)
         else:

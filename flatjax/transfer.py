@@ -258,11 +258,13 @@ def finetune(
     key = jax.random.key(config.seed + 2)
     init_key, run_key, bma_key = jax.random.split(key, 3)
     _, backbone_mean = split.split(source_q.mean)
+    # the marginal of the source posterior over the frozen leaves (same low-rank form)
+    backbone_q = lrg.LowRankGaussian(*(split.split(part)[1] for part in source_q))
 
     def backbone(k):
         if config.backbone == "mean":
             return backbone_mean
-        return split.split(lrg.sample(k, source_q))[1]
+        return lrg.sample(k, backbone_q)
 
     q0 = initial_posterior(config, split, source_q, head, init_key)
     epochs, method = config.epochs, config.method
@@ -288,9 +290,9 @@ def finetune(
 
     if method == "sabma":
 
-        def loss(w, batch, k):
+        def loss(w, batch, frozen):
             xb, yb = batch
-            logits = apply_fn(split.merge(w, backbone(k)), xb)
+            logits = apply_fn(split.merge(w, frozen), xb)
             return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
         kernel = sabma.as_top_level_api(
@@ -299,7 +301,7 @@ def finetune(
             momentum,
             fisher="exact",
             damping=1e-3,
-            loss_takes_key=True,
+            draw=backbone,
             kl_weight=config.weight_decay,
             prior_variance=1.0,
         )

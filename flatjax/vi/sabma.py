@@ -57,7 +57,11 @@ BLOCKS = ("mean", "log_scale", "deviations")
 
 
 class SABMAState(NamedTuple):
-    """The variational posterior and the optax state of the update direction."""
+    """The variational posterior and the optax state of the update direction.
+
+    ``opt_state`` belongs to the trained blocks only: ``direction.init`` of the dict
+    ``{block: getattr(q, block) for block in train}`` (no momentum for a fixed ``C``).
+    """
 
     q: LowRankGaussian
     opt_state: Any
@@ -155,8 +159,12 @@ def perturbation(
     Array([0.6, 0.8], dtype=float32)
     """
     direction = natural_gradient(q, g, train, fisher, damping, cg_maxiter, relative_damping)
-    quad = _vdot(_mask(g, train), direction)
-    # g^T F^{-1} g > 0 unless g vanishes (or CG lost it to round-off): then no step
+    return _scale_to_ball(direction, _vdot(_mask(g, train), direction), rho)
+
+
+def _scale_to_ball(direction, quad: jax.Array, rho: float) -> tuple[Any, jax.Array]:
+    """``(sqrt(2 rho) direction / sqrt(quad), sqrt(quad))`` for ``quad = g^T F^{-1} g``."""
+    # quad > 0 unless g vanishes (or CG lost it to round-off): then no step
     positive = quad > 0
     norm = jnp.sqrt(jnp.where(positive, quad, 1.0))
     scale = jnp.where(positive, jnp.sqrt(2.0 * rho) / norm, 0.0)
@@ -176,6 +184,7 @@ def build_kernel(
     prior_mean: ArrayLikeTree | None = None,
     loss_takes_key: bool = False,
     relative_damping: float = 1e-3,
+    draw: Callable[[PRNGKey], Any] | None = None,
 ) -> Callable:
     """Build ``kernel(rng_key, state, minibatch, step_size) -> (state, info)``; see
     :func:`as_top_level_api` for the parameters."""
@@ -193,27 +202,45 @@ def build_kernel(
     cg_maxiter = check_positive_int("cg_maxiter", cg_maxiter)
     kl_weight = check_nonnegative("kl_weight", kl_weight)
     prior_variance = check_positive("prior_variance", prior_variance)
+    if draw is not None and loss_takes_key:
+        raise ValueError("give `draw` or `loss_takes_key=True`, not both")
+    if draw is not None and not callable(draw):
+        raise TypeError(f"`draw` must be a callable draw(rng_key) or None, got {draw!r}")
+    third = loss_takes_key or draw is not None
 
-    def objective(q: LowRankGaussian, key: PRNGKey, minibatch) -> jax.Array:
-        noise_key, loss_key = jax.random.split(key)
-        w = lrg.sample(noise_key, q)
-        value = loss_fn(w, minibatch, loss_key) if loss_takes_key else loss_fn(w, minibatch)
+    def objective(trained: dict, q: LowRankGaussian, noise, extra, minibatch) -> jax.Array:
+        q = q._replace(**trained)
+        w = lrg.reparameterize(q, noise)
+        value = loss_fn(w, minibatch, extra) if third else loss_fn(w, minibatch)
         if kl_weight:
             value = value + kl_weight * lrg.kl_to_isotropic(q, prior_variance, prior_mean)
         return value
 
+    # gradients in the trained blocks only: no cotangent of C (P x K) when it is fixed
     value_and_grad = jax.value_and_grad(objective)
 
     def kernel(rng_key: PRNGKey, state: SABMAState, minibatch, step_size: float):
         q = state.q
-        loss, g = value_and_grad(q, rng_key, minibatch)
-        delta, norm = perturbation(q, g, rho, train, fisher, damping, cg_maxiter, relative_damping)
-        perturbed = jax.tree.map(jnp.add, q, delta)
-        perturbed_loss, g_adv = value_and_grad(perturbed, rng_key, minibatch)
-        g_adv = _mask(g_adv, train)
-        updates, opt_state = direction.update(g_adv, state.opt_state, q)
-        q = jax.tree.map(lambda p, u: p - step_size * u, q, _mask(updates, train))
-        return SABMAState(q, opt_state), SABMAInfo(loss, perturbed_loss, norm)
+        noise_key, loss_key = jax.random.split(rng_key)
+        noise = lrg.sample_noise(noise_key, q)  # one draw, shared by both gradients
+        extra = draw(loss_key) if draw is not None else loss_key  # likewise
+        trained = {b: getattr(q, b) for b in train}
+        loss, g = value_and_grad(trained, q, noise, extra, minibatch)
+        if train == ("mean",):  # F^{-1} restricted to the mean is Sigma: no other block
+            natural = lrg.cov_matvec(q, g["mean"])
+            delta_mean, norm = _scale_to_ball(natural, _vdot(g["mean"], natural), rho)
+            delta = {"mean": delta_mean}
+        else:
+            full = _mask(q._replace(**g), train)
+            delta_q, norm = perturbation(
+                q, full, rho, train, fisher, damping, cg_maxiter, relative_damping
+            )
+            delta = {b: getattr(delta_q, b) for b in train}
+        perturbed = jax.tree.map(jnp.add, trained, delta)
+        perturbed_loss, g_adv = value_and_grad(perturbed, q, noise, extra, minibatch)
+        updates, opt_state = direction.update(g_adv, state.opt_state, trained)
+        trained = jax.tree.map(lambda p, u: p - step_size * u, trained, updates)
+        return SABMAState(q._replace(**trained), opt_state), SABMAInfo(loss, perturbed_loss, norm)
 
     return kernel
 
@@ -231,6 +258,7 @@ def as_top_level_api(
     prior_mean: ArrayLikeTree | None = None,
     loss_takes_key: bool = False,
     relative_damping: float = 1e-3,
+    draw: Callable[[PRNGKey], Any] | None = None,
 ) -> SamplingAlgorithm:
     """SA-BMA as an ``init``/``step`` pair over a :class:`LowRankGaussian`.
 
@@ -261,6 +289,11 @@ def as_top_level_api(
         Call ``loss_fn(w, minibatch, rng_key)`` with a key for randomness of its own
         (e.g. drawing a frozen backbone from a source posterior); the same key is
         used for both gradients of a step, as is the draw of ``w``'s noise.
+    draw
+        ``draw(rng_key) -> extra``: randomness the loss needs, drawn once per step
+        outside the gradients and passed as ``loss_fn(w, minibatch, extra)`` to both
+        (e.g. the frozen backbone from a source posterior). Cheaper than
+        ``loss_takes_key``, where a draw inside ``loss_fn`` is made for each gradient.
 
     Returns
     -------
@@ -283,6 +316,7 @@ def as_top_level_api(
     True
     """
     direction = direction if direction is not None else optax.identity()
+    train = _check_train(train)
     kernel = build_kernel(
         loss_fn,
         rho,
@@ -296,6 +330,7 @@ def as_top_level_api(
         prior_mean,
         loss_takes_key,
         relative_damping,
+        draw,
     )
 
     def init_fn(q: LowRankGaussian, rng_key: PRNGKey | None = None) -> SABMAState:
@@ -303,7 +338,7 @@ def as_top_level_api(
         if not isinstance(q, LowRankGaussian):
             raise TypeError(f"`q` must be a LowRankGaussian, got {type(q).__name__}")
         lrg.rank(q)
-        return SABMAState(q, direction.init(q))
+        return SABMAState(q, direction.init({b: getattr(q, b) for b in train}))
 
     def step_fn(rng_key, state, minibatch, step_size, temperature=1.0) -> SABMAState:
         del temperature

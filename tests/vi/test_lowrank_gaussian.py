@@ -171,6 +171,22 @@ def dense_fisher(seed, k):
     return np.asarray(fisher(g0))
 
 
+def test_reparameterize_is_the_affine_map_of_the_dense_covariance_factor():
+    """``w = mu + L z`` with ``L = [diag(sigma) / sqrt(2), C / sqrt(2 (K - 1))]``."""
+    q = random_q(12)
+    z1, z2 = lrg.sample_noise(jax.random.key(3), q)
+    w = lrg.reparameterize(q, (z1, z2))
+    mean, cov = lrg.to_dense(q)
+    sigma = flat(q.log_scale)
+    dev = np.concatenate([np.reshape(d, (-1, 3)) for d in jax.tree.leaves(q.deviations)])
+    factor = np.hstack([np.diag(np.exp(sigma)) / np.sqrt(2.0), dev / np.sqrt(2.0 * 2)])
+    np.testing.assert_allclose(factor @ factor.T, cov, rtol=1e-10)
+    expected = mean + factor @ np.concatenate([flat(z1), np.asarray(z2)])
+    np.testing.assert_allclose(flat(w), expected, rtol=1e-10)
+    sample = lrg.sample(jax.random.key(3), q)
+    jax.tree.map(np.testing.assert_array_equal, sample, w)
+
+
 def test_fisher_vp_and_diagonal_match_dense_fisher():
     q = random_q(12)
     fisher = dense_fisher(12, 3)
@@ -319,3 +335,8 @@ def test_validation_errors():
         lrg.fisher_solve(q, q, damping=-1.0)
     with pytest.raises(ValueError, match="relative_damping"):
         lrg.fisher_solve(q, q, relative_damping=-1.0)
+    z1, z2 = lrg.sample_noise(jax.random.key(0), q)
+    with pytest.raises(ValueError, match=r"noise\[1\].*\(3,\)"):
+        lrg.reparameterize(q, (z1, jnp.zeros(4)))
+    with pytest.raises(ValueError, match=r"noise\[0\]"):
+        lrg.reparameterize(q, ({"a": z1["a"]}, z2))

@@ -142,6 +142,69 @@ def test_rho_zero_is_reparameterised_gradient_descent():
     np.testing.assert_allclose(info.loss, info.perturbed_loss, rtol=1e-6)
 
 
+def manual_step(q, key, batch, rho, lr, natural, train):
+    """One SA-BMA step written out: one noise draw, two gradients in the trained blocks."""
+    noise = lrg.sample_noise(jax.random.split(key)[0], q)
+
+    def objective(trained):
+        return quadratic_loss(lrg.reparameterize(q._replace(**trained), noise), batch)
+
+    trained = {b: getattr(q, b) for b in train}
+    g = jax.grad(objective)(trained)
+    direction = natural(q, g)
+    scale = jnp.sqrt(2 * rho) / jnp.sqrt(vdot(g, direction))
+    g_adv = jax.grad(objective)(jax.tree.map(lambda t, d: t + scale * d, trained, direction))
+    return q._replace(**jax.tree.map(lambda t, gg: t - lr * gg, trained, g_adv))
+
+
+@pytest.mark.parametrize("train", [("mean",), sabma.BLOCKS])
+def test_step_matches_the_written_out_step(train):
+    """Low-rank q, momentum-free: the kernel's step equals the written-out step."""
+    q = random_q(jax.random.key(11))
+    batch = (jnp.linspace(0.5, 2.0, 6), jnp.ones(6))
+    rho, lr, key = 0.05, 0.1, jax.random.key(12)
+    if train == ("mean",):
+        natural = lambda q, g: {"mean": lrg.cov_matvec(q, g["mean"])}
+    else:  # the exact Fisher solve of the covariance block, as natural_gradient does it
+        natural = lambda q, g: sabma.natural_gradient(q, q._replace(**g), damping=1e-4)._asdict()
+    kernel = jax.jit(sabma.build_kernel(quadratic_loss, rho, optax.identity(), train=train))
+    state, _ = kernel(key, sabma.SABMAState(q, ()), batch, lr)
+    expected = manual_step(q, key, batch, rho, lr, natural, train)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), state.q, expected
+    )
+    if train == ("mean",):  # the fixed blocks are passed through untouched
+        jax.tree.map(np.testing.assert_array_equal, state.q.deviations, q.deviations)
+
+
+def test_draw_is_made_once_and_equals_drawing_inside_the_loss():
+    """``draw=g`` with ``loss(w, b, g(k))`` is the same step as ``loss_takes_key=True``."""
+    q = random_q(jax.random.key(13))
+    batch = (jnp.ones(6), jnp.zeros(6))
+    shift = lambda k: jax.random.normal(k, (6,))
+    loss3 = lambda w, b, s: quadratic_loss({"x": w["x"] + s, "y": w["y"]}, b)
+    calls = []
+
+    def counted_shift(k):
+        calls.append(1)  # counts traces: one call per traced step
+        return shift(k)
+
+    with_draw = sabma.build_kernel(loss3, 0.05, optax.identity(), draw=counted_shift)
+    with_key = sabma.build_kernel(
+        lambda w, b, k: loss3(w, b, shift(k)), 0.05, optax.identity(), loss_takes_key=True
+    )
+    key, state = jax.random.key(14), sabma.SABMAState(q, ())
+    a, info_a = jax.jit(with_draw)(key, state, batch, 0.1)
+    b, info_b = jax.jit(with_key)(key, state, batch, 0.1)
+    assert len(calls) == 1
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), a.q, b.q)
+    np.testing.assert_allclose(info_a.perturbed_loss, info_b.perturbed_loss, rtol=1e-6)
+    with pytest.raises(ValueError, match="draw"):
+        sabma.build_kernel(loss3, 0.05, optax.identity(), draw=shift, loss_takes_key=True)
+    with pytest.raises(TypeError, match="draw"):
+        sabma.as_top_level_api(loss3, 0.05, draw="backbone")
+
+
 def test_training_jit_vmap_over_runs_reduces_the_loss():
     x = jax.random.normal(jax.random.key(5), (64, 3))
     y = (x @ jnp.array([1.0, -1.0, 0.5]) > 0).astype(jnp.int32)

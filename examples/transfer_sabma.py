@@ -24,7 +24,7 @@ source = split_classes(digits, [0, 1, 2, 3, 4])
 target = split_classes(digits, [5, 6, 7, 8, 9])
 
 budget = (
-    dict(source_epochs=3, swag_epochs=2, epochs=4, num_bma=4, hidden=(16,))
+    dict(source_epochs=3, swag_epochs=2, swag_rank=2, epochs=4, num_bma=4, hidden=(16,))
     if QUICK
     else dict(source_epochs=30, swag_epochs=10, epochs=150, num_bma=30)
 )

@@ -117,6 +117,13 @@ class TransferConfig:
             raise ValueError(
                 f"`swag_epochs`={self.swag_epochs} exceeds `source_epochs`={self.source_epochs}"
             )
+        if self.swag_epochs < self.swag_rank:
+            # one iterate per epoch: fewer iterates than columns leaves zero columns in C
+            raise ValueError(
+                f"`swag_epochs`={self.swag_epochs} collects fewer iterates than the "
+                f"`swag_rank`={self.swag_rank} deviation columns (one per epoch); "
+                f"use swag_epochs >= swag_rank"
+            )
         for name in ("source_lr", "lr", "head_variance", "eta"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -346,15 +353,31 @@ def finetune(
     return samples, (lambda k: backbone_mean)
 
 
-def run_transfer(config: TransferConfig, source: Any, target: Any) -> dict:
+def run_transfer(
+    config: TransferConfig,
+    source: Any,
+    target: Any,
+    extra_test: dict[str, tuple[Any, Any]] | None = None,
+) -> dict:
     """The whole pipeline on ``source`` and ``target`` :class:`flatjax.data.Dataset` s.
 
     Returns a dict with the config, the test metrics before and after temperature
     scaling, the fitted temperature, the flatness measure (mean and sd of the top
     Hessian eigenvalue of the few-shot training loss over the BMA samples, with the
-    backbone at the source mean, and the mean ``lambda_1 / lambda_k``), and timings.
+    backbone at the source mean, and the mean ``lambda_1 / lambda_k``), the training
+    loss along 5 random directions around the BMA mean of the trainable leaves
+    (``random_direction_loss``: radii in [-1, 1] in units of each leaf's norm), and
+    timings. ``extra_test`` maps names to further ``(x, y)`` test sets (e.g. corrupted
+    copies of the target's test set), scored with the same BMA and temperature, under
+    ``"extra_test"`` as ``{name: {"raw": metrics, "temperature_scaled": metrics}}``.
     """
     config.validate()
+    extra_test = dict(extra_test or {})
+    for name, pair in extra_test.items():
+        if not (isinstance(pair, tuple) and len(pair) == 2 and len(pair[0]) == len(pair[1])):
+            raise ValueError(
+                f"`extra_test[{name!r}]` must be an (x, y) pair of equal lengths, got {pair!r:.80}"
+            )
     start = time.perf_counter()
     source_mean, source_swag = pretrain(config, source)
     source_q = swag.to_lowrank_gaussian(source_swag)
@@ -400,6 +423,17 @@ def run_transfer(config: TransferConfig, source: Any, target: Any) -> dict:
     p_scaled = metrics_lib.apply_temperature(jnp.log(p_test + 1e-12), t_fit)
     y_test = jnp.asarray(target.y_test)
 
+    extra = {}
+    for name, (x_extra, y_extra) in extra_test.items():
+        logp = jnp.log(bma_probs(jnp.asarray(x_extra)) + 1e-12)
+        y_extra = jnp.asarray(y_extra)
+        extra[name] = {
+            "raw": metrics_lib.summarize(jnp.exp(logp), y_extra),
+            "temperature_scaled": metrics_lib.summarize(
+                metrics_lib.apply_temperature(logp, t_fit), y_extra
+            ),
+        }
+
     _, backbone_mean = split.split(source_q.mean)
     xt, yt = jnp.asarray(x_tr), jnp.asarray(y_tr)
 
@@ -410,6 +444,18 @@ def run_transfer(config: TransferConfig, source: Any, target: Any) -> dict:
     k_eig = min(config.num_eigenvalues, sum(x.size for x in jax.tree.leaves(head)))
     eig = flatness.batched_top_eigenvalues(
         train_loss, trainable, k=k_eig, rng_key=jax.random.key(config.seed + 5)
+    )
+    # the loss around the BMA mean of the trainable leaves, along random directions
+    # scaled leaf by leaf to the leaf's norm (radius 1 = a step as long as each leaf)
+    center = jax.tree.map(lambda a: jnp.mean(a, axis=0), trainable)
+    radii = jnp.linspace(-1.0, 1.0, 21)
+    landscape = flatness.random_direction_loss(
+        jax.jit(train_loss),
+        center,
+        jax.random.key(config.seed + 6),
+        radii,
+        normalize="layer",
+        num_directions=5,
     )
     return {
         "config": dataclasses.asdict(config),
@@ -422,9 +468,15 @@ def run_transfer(config: TransferConfig, source: Any, target: Any) -> dict:
         "test": metrics_lib.summarize(p_test, y_test),
         "test_temperature_scaled": metrics_lib.summarize(p_scaled, y_test),
         "temperature": float(t_fit),
+        "extra_test": extra,
         "lambda_1_mean": float(jnp.mean(eig[:, 0])),
         "lambda_1_sd": float(jnp.std(eig[:, 0])),
         "lambda_1_over_lambda_k": float(jnp.mean(flatness.eigenvalue_ratio(eig))),
+        "num_eigenvalues": int(k_eig),
+        "random_direction_loss": {
+            "radii": [float(r) for r in radii],
+            "loss": [[float(v) for v in row] for row in landscape],
+        },
         "pretrain_seconds": pretrain_seconds,
         "finetune_seconds": finetune_seconds,
     }

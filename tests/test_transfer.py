@@ -60,6 +60,9 @@ def test_every_method_runs_the_pipeline(method, digits):
         assert np.isfinite(report["test_temperature_scaled"][key])
     assert report["lambda_1_mean"] > 0
     assert report["lambda_1_over_lambda_k"] >= 1.0
+    landscape = np.asarray(report["random_direction_loss"]["loss"])
+    assert landscape.shape == (5, 21) and np.all(np.isfinite(landscape))
+    np.testing.assert_allclose(landscape[:, 10], landscape[0, 10], rtol=1e-6)  # radius 0
 
 
 def test_variational_part_is_norm_layers_and_a_fresh_head(digits):
@@ -99,6 +102,7 @@ def test_variational_part_is_norm_layers_and_a_fresh_head(digits):
         ({"method": "adam"}, "method"),
         ({"backbone": "none"}, "backbone"),
         ({"swag_epochs": 50}, "swag_epochs"),
+        ({"swag_epochs": 4, "swag_rank": 5}, "swag_epochs`=4 .*`swag_rank`=5"),
     ],
 )
 def test_bad_configuration(kwargs, match):
@@ -148,3 +152,28 @@ def test_transfer_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["transfer", "--source", "digits:x-y"])
     assert "classes" in capsys.readouterr().err
+
+
+def test_extra_test_sets_are_scored_with_the_same_bma_and_temperature(digits):
+    source, target = digits
+    config = TransferConfig(method="sgd", **TINY)
+    half = len(target.y_test) // 2
+    report = run_transfer(
+        config,
+        source,
+        target,
+        extra_test={
+            "clean": (target.x_test, target.y_test),
+            "half": (target.x_test[:half], target.y_test[:half]),
+        },
+    )
+    clean = report["extra_test"]["clean"]
+    for key in ("accuracy", "nll", "ece"):
+        np.testing.assert_allclose(clean["raw"][key], report["test"][key], rtol=1e-5)
+        np.testing.assert_allclose(
+            clean["temperature_scaled"][key], report["test_temperature_scaled"][key], rtol=1e-5
+        )
+    assert set(report["extra_test"]) == {"clean", "half"}
+    assert 0.0 <= report["extra_test"]["half"]["raw"]["accuracy"] <= 1.0
+    with pytest.raises(ValueError, match=r"extra_test\['bad'\]"):
+        run_transfer(config, source, target, extra_test={"bad": (target.x_test, target.y_test[:3])})

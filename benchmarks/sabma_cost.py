@@ -23,7 +23,7 @@ rounds. Variants, all with heavy-ball momentum ``optax.trace(0.9)``:
   the exact Fisher, ``cg_maxiter`` 20 / 5);
 - ``sabma_transfer`` (full run only, no target): SA-BMA as :mod:`flatjax.transfer`
   runs it, ``q`` over the norm layers and the head only, the frozen backbone drawn
-  from a source posterior inside the loss (``loss_takes_key=True``), exact Fisher.
+  once per step from a source posterior (``draw=``), exact Fisher.
 
 ``K = 5`` throughout.
 
@@ -33,8 +33,9 @@ Part 2, memory. The compiled memory of ONE step (``jax.jit(step).lower(...)
 sizes mean memory linear in ``P``; a ``P x P`` matrix would be ``4 P^2`` bytes.
 
 Part 3, profile (on the bigger MLP). The pieces of a step, each jitted inside its
-own scan and timed in the same interleaved way: the SGD gradient, a draw ``w ~ q``,
-the gradient of the objective in ``q``, the Fisher factors (the ``K x K`` Cholesky
+own scan and timed in the same interleaved way: the SGD gradient, the draw of the
+noise of ``w ~ q`` (once per step), the draw plus the gradient of the objective in all
+of ``q`` and in the mean only, the Fisher factors (the ``K x K`` Cholesky
 and the ``P x K`` products around it), the exact Fisher diagonal, one Fisher-vector
 product, the exact solve as the step does it (rotations of ``C`` projected out, then
 CG) with ``maxiter`` 1, 5 and 20 (and how many iterations CG actually runs),
@@ -137,6 +138,7 @@ PIECES = (
     "sgd_grad",
     "sample",
     "objective_grad",
+    "mean_grad",
     "cov_matvec",
     "fisher_factors",
     "fisher_diagonal",
@@ -497,9 +499,15 @@ def piece_function(name: str, problem: Problem, g0: lrg.LowRankGaussian) -> Call
     direction = optax.trace(MOMENTUM)
     name = name.removesuffix("+patch")
 
-    def objective(q, key, batch):  # as in flatjax.vi.sabma.build_kernel
-        noise_key, _ = jax.random.split(key)
-        return problem.loss(lrg.sample(noise_key, q), batch)
+    def objective(q, noise, batch):  # as in flatjax.vi.sabma.build_kernel
+        return problem.loss(lrg.reparameterize(q, noise), batch)
+
+    def draw_and_grad(key, q, batch):  # the step's one draw, then a gradient in all of q
+        return jax.value_and_grad(objective)(q, lrg.sample_noise(key, q), batch)
+
+    def draw_and_mean_grad(key, q, batch):  # ... in the mean only (the rest held fixed)
+        noise = lrg.sample_noise(key, q)
+        return jax.value_and_grad(lambda m: objective(q._replace(mean=m), noise, batch))(q.mean)
 
     def update(key, q, batch):  # momentum + axpy on all of q
         updates, _ = direction.update(g0, direction.init(q), q)
@@ -518,8 +526,9 @@ def piece_function(name: str, problem: Problem, g0: lrg.LowRankGaussian) -> Call
     table = {
         "carry": lambda key, q, batch: q,
         "sgd_grad": lambda key, q, batch: jax.grad(problem.loss)(q.mean, batch),
-        "sample": lambda key, q, batch: lrg.sample(key, q),
-        "objective_grad": lambda key, q, batch: jax.value_and_grad(objective)(q, key, batch),
+        "sample": lambda key, q, batch: lrg.sample_noise(key, q),
+        "objective_grad": draw_and_grad,
+        "mean_grad": draw_and_mean_grad,
         "cov_matvec": lambda key, q, batch: lrg.cov_matvec(q, g0.mean),
         "fisher_factors": factors,
         "fisher_diagonal": lambda key, q, batch: lrg.fisher_diagonal(q),
@@ -881,22 +890,22 @@ def analysis(result: dict) -> list[str]:
         f"Numbers for {model}, in units of one SGD gradient (`sgd_grad` = "
         f"{ms['sgd_grad']:.2f} ms), each piece's harness (`carry` = {get('carry')}) included.",
         "",
-        f"- **Two gradients in q.** The gradient of the objective in q (draw w ~ q, the "
-        f"loss, back-propagation to mu, log sigma and C) costs {get('objective_grad')}, the "
-        f"draw alone {get('sample')} (threefry on CPU: "
+        f"- **One draw, two gradients.** The step draws the noise of w ~ q once "
+        f"(`sample` = {get('sample')}: threefry on CPU, "
         + (f"{hlo['sample']['whiles'] - 1} rolled loops" if "sample" in hlo else "rolled loops")
-        + " per draw in the compiled scan). The kernel evaluates both gradients "
-        "with the same key, so both draws are the same numbers; "
+        + " per draw in the compiled scan) and reuses it for both gradients; "
         + draws_text(result)
-        + f" SAM / SGD = {ratio('sam')}.",
+        + f" Draw + gradient in all of q (back-propagation to mu, log sigma and C): "
+        f"{get('objective_grad')}; draw + gradient in the mean only: {get('mean_grad')}. "
+        f"SAM / SGD = {ratio('sam')}.",
         f"- **Mean-only perturbation** (`cov_matvec`): {get('perturb_mean')}; sabma_mean / "
         f"sgd = {ratio('sabma_mean')}.",
         f"- **Diagonal Fisher**: the exact diagonal needs the Fisher factors "
         f"({get('fisher_factors')}: the K x K Cholesky and the P x K products W, R = W L^-T, "
         f"W M^-1); the whole diagonal {get('fisher_diagonal')}, the perturbation "
         f"{get('perturb_diag')}; sabma_diag / sgd = {ratio('sabma_diag')}.",
-        "- **Exact Fisher (CG).** One Fisher-vector product (factors included; reverse mode "
-        "through the K x K-Gram form of tr(B dS B dS): "
+        "- **Exact Fisher (CG).** One Fisher-vector product (factors included; closed form "
+        "in K x K Gram matrices: "
         + (
             f"{hlo['fisher_vp']['dots']} dots and "
             f"{hlo['fisher_vp']['transposes'] + hlo['fisher_vp']['copys']} transposes/copies "
@@ -921,37 +930,39 @@ def analysis(result: dict) -> list[str]:
         "sabma_exact5": "perturb_exact5",
         "sabma_exact20": "perturb_exact20",
     }
-    if all(n in net for n in ("objective_grad", "update", *budget.values())):
+    if all(n in net for n in ("sample", "objective_grad", "mean_grad", "update", *budget.values())):
         out += [
             "",
-            "**Budget.** A step is two objective gradients + the perturbation + the update. "
-            "Pieces net of the harness (piece - `carry`, ms), their sum, and the measured step "
-            "(Part 1, same model):",
+            "**Budget.** A step is one draw + two gradients + the perturbation + the update. "
+            "Pieces net of the harness (piece - `carry`, ms; a gradient = draw + gradient - "
+            "draw), their sum, and the measured step (Part 1, same model):",
             "",
-            "| variant | 2 x objective_grad | perturbation | update | sum | measured step |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| variant | draw | 2 x gradient | perturbation | update | sum | measured step |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
+        draw = net["sample"]
         for variant, piece in budget.items():
-            total = 2 * net["objective_grad"] + net[piece] + net["update"]
+            grad = net["mean_grad" if variant == "sabma_mean" else "objective_grad"] - draw
+            total = draw + 2 * grad + net[piece] + net["update"]
             measured = steps.get(f"{model}/{variant}", {}).get("median")
             out.append(
-                f"| {variant} | {2 * net['objective_grad']:.1f} | {net[piece]:.1f} | "
+                f"| {variant} | {draw:.1f} | {2 * grad:.1f} | {net[piece]:.1f} | "
                 f"{net['update']:.1f} | {total:.1f} | "
                 + ("n/a" if measured is None else f"{measured:.1f}")
                 + " |"
             )
         if sgd_ms:
-            draw = net["sample"]
-            floor_mean = 2 * net["objective_grad"] + net["perturb_mean"] + net["update"]
+            mean_grad = net["mean_grad"] - draw
+            floor_mean = draw + 2 * mean_grad + net["perturb_mean"] + net["update"]
             out += [
                 "",
                 f"**What 2.2x would need** (SGD step = {sgd_ms:.2f} ms, so 2.2x = "
-                f"{2.2 * sgd_ms:.1f} ms). Drawing w once per step instead of twice would take "
-                f"the mean-only step from ~{floor_mean / sgd_ms:.1f} to "
-                f"~{(floor_mean - draw) / sgd_ms:.1f} SGD steps; with no draw at all (a free "
-                f"random-number generator) it would still be ~"
-                f"{(floor_mean - 2 * draw) / sgd_ms:.1f}. The diagonal-Fisher perturbation "
-                f"alone costs {net['perturb_diag'] / sgd_ms:.1f} SGD steps and one exact "
+                f"{2.2 * sgd_ms:.1f} ms). The mean-only step adds up to "
+                f"~{floor_mean / sgd_ms:.1f} SGD steps: its draw of P normal numbers alone is "
+                f"{draw / sgd_ms:.1f}, the Sigma g product {net['perturb_mean'] / sgd_ms:.1f}; "
+                f"with a free random-number generator it would still be "
+                f"~{(floor_mean - draw) / sgd_ms:.1f}. The diagonal-Fisher perturbation alone "
+                f"costs {net['perturb_diag'] / sgd_ms:.1f} SGD steps and one exact "
                 f"Fisher-vector product {max(net['fisher_vp'], 0.0) / sgd_ms:.1f}, so neither "
                 "fits in 2.2x on this machine whatever the number of CG iterations.",
             ]

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import time
 
-CLAIMS = ("classification", "eta_sweep", "corruption_shift", "transfer_fewshot")
+CLAIMS = ("toy_mixture", "classification", "eta_sweep", "corruption_shift", "transfer_fewshot")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,12 +39,8 @@ Writes ``benchmarks/results/step_overhead.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
-import platform
-import random
 import re
 import sys
 import time
@@ -68,6 +64,11 @@ from flatjax.nn.glue import (
     linen_apply,
 )
 from flatjax.sgmcmc.emcmc import EMCMCState, joint_gradient
+
+try:  # run as a script (`python benchmarks/step_overhead.py`) or as a module
+    from benchmarks._timing import machine_info, measure, paired, summary
+except ImportError:  # pragma: no cover
+    from _timing import machine_info, measure, paired, summary  # type: ignore[no-redef]
 
 ETA = 4e-4
 STEP_SIZE = 1e-7
@@ -260,40 +261,6 @@ def compiled(fn: Callable, *args) -> tuple[Callable[[], Any], dict]:
     return (lambda: exe(*args)), facts
 
 
-def measure(
-    cases: dict[str, Callable[[], Any]], rounds: int, seed: int, verbose: bool = True
-) -> tuple[dict[str, list], dict[str, list]]:
-    """Seconds of each case in ``rounds`` rounds, in a random order each round.
-
-    Returns wall-clock times (``perf_counter``) and the process's CPU times (all
-    threads; less sensitive to other processes on a shared machine).
-    """
-    rng = random.Random(seed)
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    cpu: dict[str, list[float]] = {name: [] for name in cases}
-    names = list(cases)
-    for r in range(rounds):
-        rng.shuffle(names)
-        for name in names:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            jax.block_until_ready(cases[name]())
-            times[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-        if verbose:
-            print(
-                f"  round {r + 1}/{rounds}: {sum(t[-1] for t in times.values()):.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-    return times, cpu
-
-
-def summary(values: Sequence[float]) -> dict[str, float]:
-    """Median, quartiles and IQR of ``values``."""
-    q25, q50, q75 = np.percentile(np.asarray(values), [25, 50, 75])
-    return {"median": float(q50), "q25": float(q25), "q75": float(q75), "iqr": float(q75 - q25)}
-
-
 def per_step_benchmark(
     problems: list[Problem], num_steps: dict, rounds: int, only: Sequence[str] | None = None
 ) -> dict:
@@ -319,22 +286,9 @@ def per_step_benchmark(
     for label, num, den, model, target in RATIOS:
         if f"{model}/{num}" not in per_step or f"{model}/{den}" not in per_step:
             continue
-        num_case, den_case = f"{model}/{num}", f"{model}/{den}"
-        paired = [a / b for a, b in zip(raw[num_case], raw[den_case], strict=True)]
-        paired_cpu = [a / b for a, b in zip(raw_cpu[num_case], raw_cpu[den_case], strict=True)]
-        stats = summary(paired)
+        stats = paired(raw, raw_cpu, None, f"{model}/{num}", f"{model}/{den}")
         ok = None if target is None else stats["median"] <= target
-        ratios.append(
-            {
-                "ratio": label,
-                "model": model,
-                "target": target,
-                "holds": ok,
-                **stats,
-                "raw": paired,
-                "cpu_time": {**summary(paired_cpu), "raw": paired_cpu},
-            }
-        )
+        ratios.append({"ratio": label, "model": model, "target": target, "holds": ok, **stats})
     return {
         "num_steps": num_steps,
         "hlo": hlo,
@@ -380,8 +334,7 @@ def chains_benchmark(specs: list[tuple[Problem, str, Sequence[int], int]], round
     rows = []
     for name, (model, variant, c, steps) in meta.items():
         seq, vm = raw[f"{name}/sequential"], raw[f"{name}/vmap"]
-        seq_cpu, vm_cpu = raw_cpu[f"{name}/sequential"], raw_cpu[f"{name}/vmap"]
-        speedup = summary([s / v for s, v in zip(seq, vm, strict=True)])
+        speedup = paired(raw, raw_cpu, None, f"{name}/sequential", f"{name}/vmap")
         rows.append(
             {
                 "model": model,
@@ -390,9 +343,9 @@ def chains_benchmark(specs: list[tuple[Problem, str, Sequence[int], int]], round
                 "steps": steps,
                 "sequential_chain_steps_per_s": c * steps / float(np.median(seq)),
                 "vmap_chain_steps_per_s": c * steps / float(np.median(vm)),
-                "speedup": speedup,
-                "speedup_raw": [s / v for s, v in zip(seq, vm, strict=True)],
-                "speedup_cpu_time": summary([s / v for s, v in zip(seq_cpu, vm_cpu, strict=True)]),
+                "speedup": summary(speedup["raw"]),
+                "speedup_raw": speedup["raw"],
+                "speedup_cpu_time": summary(speedup["cpu_time"]["raw"]),
             }
         )
     return {"seconds_per_call": raw, "cpu_seconds_per_call": raw_cpu, "rows": rows}
@@ -417,26 +370,6 @@ def conv_in_scan_benchmark(num_steps: int, repeats: int) -> dict:
             times = measure({where: fn}, repeats, seed=5, verbose=False)[0][where]
             rows[f"{conv}/{where}"] = summary([1e3 * t / steps for t in times])
     return {"num_steps": num_steps, "repeats": repeats, "ms_per_grad": rows}
-
-
-def machine_info() -> dict:
-    """Versions, CPU count, load and date, for the record."""
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "jax": jax.__version__,
-        "jaxlib": importlib.metadata.version("jaxlib"),
-        "blackjax": blackjax.__version__,
-        "flatjax": flatjax.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "device": str(jax.devices()[0].device_kind),
-        "backend": jax.default_backend(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
-    }
 
 
 def markdown(result: dict) -> str:

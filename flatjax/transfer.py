@@ -65,7 +65,14 @@ TRANSFER_METHODS = {
 
 @dataclasses.dataclass(frozen=True)
 class TransferConfig:
-    """Hyper-parameters of the whole pipeline (``lr`` is on the mean loss)."""
+    """Hyper-parameters of the whole pipeline (``lr`` is on the mean loss).
+
+    ``min_variance`` floors the source SWAG's diagonal variance. SA-BMA's Fisher
+    algebra runs in float32, where variances spread over much more than ``1e8``
+    (parameters that barely moved over the SWAG epochs; SWAG's own floor is ``1e-10``)
+    make the Fisher-vector products lose all precision: at ``1e-10`` SA-BMA diverged on
+    the digits task, at ``1e-8`` and ``1e-6`` it trained.
+    """
 
     method: str = "sabma"
     hidden: tuple[int, ...] = (64, 64)
@@ -73,6 +80,7 @@ class TransferConfig:
     source_lr: float = 0.05
     swag_epochs: int = 10
     swag_rank: int = 5
+    min_variance: float = 1e-8
     shots: int = 10
     val_shots: int = 5
     epochs: int = 150
@@ -124,7 +132,7 @@ class TransferConfig:
                 f"`swag_rank`={self.swag_rank} deviation columns (one per epoch); "
                 f"use swag_epochs >= swag_rank"
             )
-        for name in ("source_lr", "lr", "head_variance", "eta"):
+        for name in ("source_lr", "lr", "head_variance", "eta", "min_variance"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
@@ -345,7 +353,8 @@ def finetune(
     )
     samples = jax.tree.map(lambda a: a[:, 0], result.samples["theta"])
     if method in ("swag", "fswag"):
-        q = swag.to_lowrank_gaussian(swag.collect_swag(samples, config.swag_rank))
+        collected = swag.collect_swag(samples, config.swag_rank)
+        q = swag.to_lowrank_gaussian(collected, min_variance=config.min_variance)
         return lrg.sample_n(bma_key, q, config.num_bma), backbone
     if method in ("sgld", "emcmc"):
         return _thin(samples, config.num_bma), backbone
@@ -380,7 +389,7 @@ def run_transfer(
             )
     start = time.perf_counter()
     source_mean, source_swag = pretrain(config, source)
-    source_q = swag.to_lowrank_gaussian(source_swag)
+    source_q = swag.to_lowrank_gaussian(source_swag, min_variance=config.min_variance)
     pretrain_seconds = time.perf_counter() - start
 
     # few-shot train and validation sets drawn from the target's training split

@@ -102,6 +102,7 @@ def test_variational_part_is_norm_layers_and_a_fresh_head(digits):
         ({"method": "adam"}, "method"),
         ({"backbone": "none"}, "backbone"),
         ({"swag_epochs": 50}, "swag_epochs"),
+        ({"min_variance": 0.0}, "min_variance"),
         ({"swag_epochs": 4, "swag_rank": 5}, "swag_epochs`=4 .*`swag_rank`=5"),
     ],
 )

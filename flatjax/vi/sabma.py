@@ -140,10 +140,17 @@ def perturbation(
     cg_maxiter: int = 20,
     relative_damping: float = 1e-3,
 ) -> tuple[LowRankGaussian, jax.Array]:
-    """SA-BMA's adversarial step ``Delta* = sqrt(2 rho) F^{-1} g / sqrt(g^T F^{-1} g)``.
+    """SA-BMA's adversarial step ``Delta* = sqrt(2 rho) d / sqrt(d^T F d)``, ``d ~ F^{-1} g``.
 
-    Returns ``(Delta*, sqrt(g^T F^{-1} g))``. ``Delta*`` lies on the boundary
-    ``Delta^T F Delta / 2 = rho`` of the (quadratic) KL ball.
+    Returns ``(Delta*, sqrt(g^T d))``. ``Delta*`` lies on the boundary
+    ``Delta^T F Delta / 2 = rho`` of the (quadratic) KL ball. With ``fisher="exact"``
+    the ball is measured with one more exact Fisher-vector product, so that it holds
+    however accurate the damped CG solve ``d`` is (for an exact solve ``d^T F d =
+    g^T F^{-1} g`` and this is the textbook ``sqrt(2 rho) F^{-1} g / sqrt(g^T F^{-1}
+    g)``); with ``fisher="diagonal"`` the ball is that of the diagonal metric, and the
+    mean block is exact either way. When ``d`` is zero or not finite (a vanishing
+    gradient, or a solve that broke down in float32) there is no perturbation and the
+    returned norm is 0: the step is then a plain reparameterised-gradient step.
 
     Examples
     --------
@@ -159,16 +166,27 @@ def perturbation(
     Array([0.6, 0.8], dtype=float32)
     """
     direction = natural_gradient(q, g, train, fisher, damping, cg_maxiter, relative_damping)
-    return _scale_to_ball(direction, _vdot(_mask(g, train), direction), rho)
+    quad = _vdot(_mask(g, train), direction)
+    if fisher == "exact" and train != ("mean",):
+        metric = _vdot(direction, _mask(lrg.fisher_vp(q, direction), train))
+    else:
+        metric = quad
+    delta, _ = _scale_to_ball(direction, metric, rho)
+    valid = jnp.isfinite(quad) & (quad > 0)
+    return delta, jnp.where(valid, jnp.sqrt(jnp.where(valid, quad, 1.0)), 0.0)
 
 
 def _scale_to_ball(direction, quad: jax.Array, rho: float) -> tuple[Any, jax.Array]:
-    """``(sqrt(2 rho) direction / sqrt(quad), sqrt(quad))`` for ``quad = g^T F^{-1} g``."""
-    # quad > 0 unless g vanishes (or CG lost it to round-off): then no step
-    positive = quad > 0
-    norm = jnp.sqrt(jnp.where(positive, quad, 1.0))
-    scale = jnp.where(positive, jnp.sqrt(2.0 * rho) / norm, 0.0)
-    return jax.tree.map(lambda d: scale * d, direction), jnp.where(positive, norm, 0.0)
+    """``(sqrt(2 rho) direction / sqrt(quad), sqrt(quad))`` for ``quad = d^T F d``.
+
+    Zero (and 0) unless ``quad`` is finite and positive: a vanishing gradient, or a
+    solve that lost it to round-off or broke down, gives no perturbation.
+    """
+    valid = jnp.isfinite(quad) & (quad > 0)
+    norm = jnp.sqrt(jnp.where(valid, quad, 1.0))
+    scale = jnp.sqrt(2.0 * rho) / norm
+    delta = jax.tree.map(lambda d: jnp.where(valid, scale * d, jnp.zeros_like(d)), direction)
+    return delta, jnp.where(valid, norm, 0.0)
 
 
 def build_kernel(

@@ -119,6 +119,18 @@ def test_exact_fisher_perturbation_lies_on_the_kl_ball():
         assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-2
 
 
+@pytest.mark.parametrize("train", [("mean",), sabma.BLOCKS])
+def test_a_vanishing_or_broken_direction_gives_no_perturbation(train):
+    """Zero or non-finite ``F^{-1} g`` (e.g. a float32 solve that broke down): Delta = 0."""
+    q = random_q(jax.random.key(21))
+    zero = jax.tree.map(jnp.zeros_like, q)
+    broken = zero._replace(mean={**zero.mean, "x": zero.mean["x"].at[0].set(jnp.nan)})
+    for g in (zero, broken):
+        delta, norm = perturbation(q, g, 0.1, train=train)
+        assert float(norm) == 0.0
+        assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(delta))
+
+
 def test_diagonal_fisher_option_and_partial_blocks():
     q = random_q(jax.random.key(2))
     g = jax.tree.map(jnp.ones_like, q)
@@ -152,7 +164,11 @@ def manual_step(q, key, batch, rho, lr, natural, train):
     trained = {b: getattr(q, b) for b in train}
     g = jax.grad(objective)(trained)
     direction = natural(q, g)
-    scale = jnp.sqrt(2 * rho) / jnp.sqrt(vdot(g, direction))
+    if train == ("mean",):  # d^T F d = g^T Sigma g
+        metric = vdot(g, direction)
+    else:  # the KL ball measured with the exact Fisher, whatever the CG accuracy
+        metric = vdot(direction, lrg.fisher_vp(q, LowRankGaussian(**direction))._asdict())
+    scale = jnp.sqrt(2 * rho) / jnp.sqrt(metric)
     g_adv = jax.grad(objective)(jax.tree.map(lambda t, d: t + scale * d, trained, direction))
     return q._replace(**jax.tree.map(lambda t, gg: t - lr * gg, trained, g_adv))
 

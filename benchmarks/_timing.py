@@ -105,6 +105,33 @@ def paired(
     }
 
 
+def scan_steps(step: Callable) -> Callable:
+    """``run(state, keys, idx, step_sizes, data)``: ``len(keys)`` steps in one scan.
+
+    ``step(rng_key, state, minibatch, step_size) -> state`` is a kernel's step; step
+    ``i`` uses ``keys[i]``, ``step_sizes[i]`` and the minibatch ``data[idx[i]]``, so
+    that a timed call runs many steps on device-resident data in one ``lax.scan``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> run = scan_steps(lambda key, state, batch, h: state + h * batch.sum())
+    >>> data = jnp.arange(4.0)
+    >>> float(run(0.0, jnp.zeros(2), jnp.array([[0, 1], [2, 3]]), jnp.ones(2), data))
+    6.0
+    """
+
+    def run(state, keys, idx, step_sizes, data):
+        def body(state, xs):
+            key, i, h = xs
+            minibatch = jax.tree.map(lambda a: a[i], data)
+            return step(key, state, minibatch, h), None
+
+        return jax.lax.scan(body, state, (keys, idx, step_sizes))[0]
+
+    return run
+
+
 def load_average() -> list[float] | None:
     """The 1, 5 and 15 minute load averages, rounded (``None`` where unavailable)."""
     try:

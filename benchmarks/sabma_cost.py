@@ -64,13 +64,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import importlib.metadata
 import json
 import math
 import os
-import platform
-import random
 import re
 import sys
 import time
@@ -82,13 +78,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import flatjax
 from flatjax.inference import optimizer
 from flatjax.nn import MLP, masks
 from flatjax.optim import sam as sam_lib
 from flatjax.transfer import SplitParams
 from flatjax.vi import lowrank_gaussian as lrg
 from flatjax.vi import sabma
+
+try:  # python -m benchmarks.sabma_cost, or python benchmarks/sabma_cost.py
+    from benchmarks._timing import machine_info, measure, paired, scan_steps, summary
+except ImportError:  # pragma: no cover - run as a script from benchmarks/
+    from _timing import (  # type: ignore[no-redef]
+        machine_info,
+        measure,
+        paired,
+        scan_steps,
+        summary,
+    )
 
 K = 5  # deviation columns of q
 STEP_SIZE = 1e-3  # learning rate on the mean loss, for every variant
@@ -257,23 +263,6 @@ def variants(problem: Problem, names: Sequence[str]) -> dict[str, tuple[Callable
     return out
 
 
-def scan_steps(step: Callable) -> Callable:
-    """``run(state, keys, idx, step_sizes, data)``: ``len(keys)`` steps in one scan.
-
-    Step ``i`` uses ``keys[i]``, ``step_sizes[i]`` and the minibatch ``data[idx[i]]``.
-    """
-
-    def run(state, keys, idx, step_sizes, data):
-        def body(state, xs):
-            key, i, h = xs
-            minibatch = jax.tree.map(lambda a: a[i], data)
-            return step(key, state, minibatch, h), None
-
-        return jax.lax.scan(body, state, (keys, idx, step_sizes))[0]
-
-    return run
-
-
 def step_inputs(
     num_steps: int, seed: int, num_data: int = NUM_DATA
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -305,46 +294,6 @@ def compiled(fn: Callable, *args) -> tuple[Callable[[], Any], dict]:
     for op in ("while", "fusion", "dot", "transpose", "copy"):
         facts[f"{op}s"] = len(re.findall(rf" {op}\(", hlo))
     return (lambda: exe(*args)), facts
-
-
-def measure(
-    cases: dict[str, Callable[[], Any]], rounds: int, seed: int, label: str = ""
-) -> tuple[dict[str, list], dict[str, list]]:
-    """Wall-clock and process CPU seconds of each case in ``rounds`` shuffled rounds."""
-    rng = random.Random(seed)
-    wall: dict[str, list[float]] = {name: [] for name in cases}
-    cpu: dict[str, list[float]] = {name: [] for name in cases}
-    names = list(cases)
-    for r in range(rounds):
-        rng.shuffle(names)
-        for name in names:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            jax.block_until_ready(cases[name]())
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-        total = sum(t[-1] for t in wall.values())
-        print(f"  {label} round {r + 1}/{rounds}: {total:.1f} s", file=sys.stderr, flush=True)
-    return wall, cpu
-
-
-def summary(values: Sequence[float]) -> dict[str, float]:
-    """Median, quartiles and IQR of ``values``."""
-    q25, q50, q75 = np.percentile(np.asarray(values, dtype=float), [25, 50, 75])
-    return {"median": float(q50), "q25": float(q25), "q75": float(q75), "iqr": float(q75 - q25)}
-
-
-def paired(
-    wall: dict[str, list],
-    cpu: dict[str, list],
-    steps: dict[str, int],
-    num: str,
-    den: str,
-) -> dict:
-    """Summary of the per-round ratios of per-step times ``num / den`` (wall and CPU)."""
-    scale = steps[den] / steps[num]
-    ratios = [scale * a / b for a, b in zip(wall[num], wall[den], strict=True)]
-    ratios_cpu = [scale * a / b for a, b in zip(cpu[num], cpu[den], strict=True)]
-    return {**summary(ratios), "raw": ratios, "cpu_time": summary(ratios_cpu)}
 
 
 # --------------------------------------------------------------------------- part 1
@@ -664,23 +613,6 @@ def profile_benchmark(problem: Problem, pieces: Sequence[str], num_steps: int, r
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine_info() -> dict:
-    """Versions, CPU count, load and date, for the record."""
-    return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "jax": jax.__version__,
-        "jaxlib": importlib.metadata.version("jaxlib"),
-        "flatjax": flatjax.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "device": str(jax.devices()[0].device_kind),
-        "backend": jax.default_backend(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
 
 
 def _ratio(result: dict, model: str, variant: str, versus: str = "sgd") -> dict | None:

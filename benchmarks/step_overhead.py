@@ -66,9 +66,15 @@ from flatjax.nn.glue import (
 from flatjax.sgmcmc.emcmc import EMCMCState, joint_gradient
 
 try:  # run as a script (`python benchmarks/step_overhead.py`) or as a module
-    from benchmarks._timing import machine_info, measure, paired, summary
+    from benchmarks._timing import machine_info, measure, paired, scan_steps, summary
 except ImportError:  # pragma: no cover
-    from _timing import machine_info, measure, paired, summary  # type: ignore[no-redef]
+    from _timing import (  # type: ignore[no-redef]
+        machine_info,
+        measure,
+        paired,
+        scan_steps,
+        summary,
+    )
 
 ETA = 4e-4
 STEP_SIZE = 1e-7
@@ -210,23 +216,6 @@ def variants(problem: Problem) -> dict[str, tuple[Callable, Any]]:
         ),
         "emcmc_blackjax": (lambda k, s, b, h: joint_bj(k, s, b, h, TEMPERATURE), joint0),
     }
-
-
-def scan_steps(step: Callable) -> Callable:
-    """``run(state, keys, idx, step_sizes, data)``: ``len(keys)`` steps in one scan.
-
-    Step ``i`` uses ``keys[i]``, ``step_sizes[i]`` and the minibatch ``data[idx[i]]``.
-    """
-
-    def run(state, keys, idx, step_sizes, data):
-        def body(state, xs):
-            key, i, h = xs
-            minibatch = jax.tree.map(lambda a: a[i], data)
-            return step(key, state, minibatch, h), None
-
-        return jax.lax.scan(body, state, (keys, idx, step_sizes))[0]
-
-    return run
 
 
 def step_inputs(problem: Problem, num_steps: int, num_chains: int | None, seed: int):

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flatjax.experiment import METHODS, ExperimentConfig
+from flatjax.experiment import METHODS, MODELS, ExperimentConfig
 
 DATA_SETS = ("digits", "fashion", "mnist", "mnist-subset", "cifar10", "cifar100")
 OOD_KINDS = ("gaussian", "uniform", "digits", "mnist", "fashion", "none")
@@ -85,7 +85,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="directory with the IDX / CIFAR files (default: the standard location)",
     )
-    g.add_argument("--model", choices=("mlp", "cnn"), default=d.model, help="Flax model")
+    g.add_argument(
+        "--model",
+        choices=tuple(MODELS),
+        default=d.model,
+        help="Flax model (resnet18: filter response norm, sized for a GPU)",
+    )
     g.add_argument(
         "--hidden",
         type=_hidden,
@@ -152,6 +157,30 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=d.inner_steps,
         help="Entropy-SGD/SGLD inner SGLD steps (gradients per step)",
+    )
+    g.add_argument(
+        "--rho",
+        type=_number(0.0, low_open=False),
+        default=d.rho,
+        help="SAM: radius of the ascent step",
+    )
+    g.add_argument(
+        "--swag-rank",
+        type=_positive_int,
+        default=d.swag_rank,
+        help="SWAG: rank K of the covariance (<= the iterates collected, epochs - epochs//2)",
+    )
+    g.add_argument(
+        "--swag-samples",
+        type=_positive_int,
+        default=d.swag_samples,
+        help="SWAG: draws per chain averaged in the BMA",
+    )
+    g.add_argument(
+        "--swag-lr-ratio",
+        type=_number(0.0),
+        default=d.swag_lr_ratio,
+        help="SWAG: learning rate during collection, as a fraction of --lr",
     )
     g.add_argument(
         "--checkpoint-dir",
@@ -488,6 +517,10 @@ def _config(args: argparse.Namespace, method: str) -> ExperimentConfig:
         inner_steps=args.inner_steps,
         seed=args.seed,
         hidden=args.hidden,
+        rho=args.rho,
+        swag_rank=args.swag_rank,
+        swag_samples=args.swag_samples,
+        swag_lr_ratio=args.swag_lr_ratio,
     )
 
 

@@ -8,14 +8,29 @@ conventions: ``lr`` is the learning rate on the *mean* loss, the Langevin step i
 ``lr / N``, weight decay ``wd`` is a Gaussian prior of precision ``N wd``, and
 ``eta``, ``temperature`` are in the log-posterior scale (see
 :func:`flatjax.sgmcmc.emcmc.from_reference_hyperparameters`).
+
+Budgets: every method takes one gradient per minibatch except SAM, which takes two
+(the ascent gradient and the gradient at the perturbed point); the report's
+``gradient_evaluations_per_chain`` counts them, so give SAM half the epochs to match
+a budget.
+
+SWAG (Maddox et al. 2019) follows its paper's schedule rather than SGD's cosine
+decay, because its Gaussian is fitted to iterates that keep moving: the learning rate
+is ``lr`` for the first quarter of training, decays linearly to ``swag_lr_ratio * lr``
+until 45 % of training, and stays there for the second half, during which one iterate
+per epoch is collected (the SWA schedule with ``swa_start`` at half the epochs). Each
+chain gets its own SWAG Gaussian of rank ``K = swag_rank`` (several chains make it
+MultiSWAG, Wilson & Izmailov 2020), and the BMA averages ``swag_samples`` draws from
+each chain's Gaussian (:func:`swag_bma`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import blackjax
@@ -29,9 +44,21 @@ from flatjax.inference import bma as bma_lib
 from flatjax.inference import loop, optimizer
 from flatjax.nn import glue
 from flatjax.nn.models import make_model
+from flatjax.optim import sam as sam_lib
 from flatjax.sgmcmc import emcmc, emcmc_sghmc, entropy_sgd, schedules, sghmc
+from flatjax.vi import lowrank_gaussian as lrg
+from flatjax.vi import swag as swag_lib
 
-__all__ = ["METHODS", "ExperimentConfig", "build_method", "check_dataset", "run_experiment"]
+__all__ = [
+    "METHODS",
+    "MODELS",
+    "ExperimentConfig",
+    "build_method",
+    "check_dataset",
+    "run_experiment",
+    "swag_bma",
+    "swag_schedule",
+]
 
 #: method name -> (description, schedule shape)
 METHODS: dict[str, str] = {
@@ -44,7 +71,16 @@ METHODS: dict[str, str] = {
     "sgd": "SGD, momentum 0.9 (EMA form) and weight decay, cosine decay; one sample per chain",
     "entropy-sgd": "Entropy-SGD (Chaudhari et al. 2017), cosine decay",
     "entropy-sgld": "Entropy-SGLD (Dziugaite & Roy 2018), cyclical step size",
+    "sam": "SAM (Foret et al. 2021) radius rho on SGD's momentum, weight decay and cosine "
+    "decay; two gradients per step",
+    "swag": "SWAG (Maddox et al. 2019): SGD on the SWA schedule, one iterate per epoch over "
+    "the second half, rank-K Gaussian, swag_samples draws per chain",
 }
+#: model name -> keyword arguments of :func:`flatjax.nn.models.make_model` (the MLP's
+#: widths come from ``hidden``). ResNet-18 uses filter response normalisation, which is
+#: stateless, so every method sees a plain function of the parameters (Izmailov et al.
+#: 2021 use it for the same reason); it is sized for a GPU.
+MODELS: dict[str, dict] = {"mlp": {}, "cnn": {}, "resnet18": {"norm": "frn"}}
 CYCLICAL = {"emcmc", "emcmc-sghmc", "csgld", "csghmc", "entropy-sgld"}
 SGHMC_LIKE = {"emcmc-sghmc", "sghmc", "csghmc"}
 
@@ -69,12 +105,31 @@ class ExperimentConfig:
     inner_steps: int = 5
     seed: int = 0
     hidden: tuple[int, ...] = (128, 128)
+    rho: float = 0.05
+    swag_rank: int = 20
+    swag_samples: int = 30
+    swag_lr_ratio: float = 0.1
+
+    @property
+    def swag_collected(self) -> int:
+        """SWAG's number of collected iterates: one per epoch over the second half."""
+        return self.epochs - self.epochs // 2
 
     def validate(self, data_size: int | None = None) -> ExperimentConfig:
         """Raise ``ValueError`` naming the first bad field."""
         if self.method not in METHODS:
             raise ValueError(f"`method` must be one of {sorted(METHODS)}, got {self.method!r}")
-        for name in ("chains", "epochs", "batch_size", "cycles", "collect_last", "inner_steps"):
+        if self.model not in MODELS:
+            raise ValueError(f"`model` must be one of {sorted(MODELS)}, got {self.model!r}")
+        for name in (
+            "chains",
+            "epochs",
+            "batch_size",
+            "cycles",
+            "collect_last",
+            "inner_steps",
+            "swag_samples",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
@@ -86,6 +141,27 @@ class ExperimentConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+        if not (isinstance(self.rho, numbers.Real) and math.isfinite(self.rho) and self.rho >= 0):
+            raise ValueError(f"`rho` (SAM's radius) must be a finite number >= 0, got {self.rho!r}")
+        if (
+            isinstance(self.swag_rank, bool)
+            or not isinstance(self.swag_rank, int)
+            or self.swag_rank < 2
+        ):
+            raise ValueError(f"`swag_rank` (K) must be an integer >= 2, got {self.swag_rank!r}")
+        if not (math.isfinite(self.swag_lr_ratio) and 0 < self.swag_lr_ratio <= 1):
+            raise ValueError(f"`swag_lr_ratio` must be in (0, 1], got {self.swag_lr_ratio!r}")
+        if self.method == "swag" and self.swag_collected < 2:
+            raise ValueError(
+                f"`epochs`={self.epochs}: SWAG collects one iterate per epoch over the second "
+                f"half and needs >= 2 of them (epochs >= 3)"
+            )
+        if self.method == "swag" and self.swag_rank > self.swag_collected:
+            raise ValueError(
+                f"`swag_rank`={self.swag_rank} exceeds the {self.swag_collected} iterates SWAG "
+                f"collects in {self.epochs} epochs (one per epoch over the second half): "
+                f"lower `swag_rank` or raise `epochs` to >= {2 * self.swag_rank - 1}"
+            )
         if not 0 <= self.exploration < 1:
             raise ValueError(f"`exploration` must be in [0, 1), got {self.exploration!r}")
         if not 0 < self.friction <= 1:
@@ -133,10 +209,15 @@ def build_method(
         step_size = cyc.step_size
         temperature = lambda k: jnp.where(cyc.is_exploration(k), 0.0, config.temperature)
         collect = loop.last_epochs_of_cycles(config.epochs, config.cycles, config.collect_last)
-    elif method in ("sgd", "entropy-sgd"):
+    elif method in ("sgd", "entropy-sgd", "sam"):
         cos = optax.cosine_decay_schedule(base, total)
         step_size, temperature = cos, config.temperature
         collect = lambda e: e == config.epochs - 1
+    elif method == "swag":
+        burn_in = config.epochs // 2
+        step_size = swag_schedule(base, burn_in * steps_per_epoch, config.swag_lr_ratio)
+        temperature = config.temperature
+        collect = loop.every(1, burn_in=burn_in)
     else:
         step_size = base
         temperature = config.temperature
@@ -152,10 +233,13 @@ def build_method(
         kernel = blackjax.sgld(grad_fn)
     elif method in ("sghmc", "csghmc"):
         kernel = sghmc.as_top_level_api(grad_fn, alpha=friction)
-    elif method == "sgd":
+    elif method in ("sgd", "swag", "sam"):
         # heavy-ball momentum 0.9 in EMA form: the same effective learning rate as the samplers
         direction = optax.chain(optax.trace(decay=0.9), optax.scale(0.1))
-        kernel = optimizer.as_top_level_api(grad_fn, direction)
+        if method == "sam":
+            kernel = sam_lib.as_top_level_api(grad_fn, config.rho, "sam", direction)
+        else:
+            kernel = optimizer.as_top_level_api(grad_fn, direction)
     else:  # entropy-sgd / entropy-sgld: the local entropy of EMCMC's guide, gamma = 1/eta
         build = (
             entropy_sgd.as_entropy_sgld_api
@@ -171,8 +255,89 @@ def build_method(
     return kernel, step_size, temperature, collect
 
 
-def _load_sample_names(method: str) -> tuple[str, ...]:
-    return ("theta", "guide") if method.startswith("emcmc") else ("theta",)
+def swag_schedule(base: float, swa_start: int, ratio: float) -> Callable:
+    """SWA's learning-rate schedule (Maddox et al. 2019's code), by step.
+
+    ``base`` up to ``swa_start / 2``, then linear decay to ``ratio * base`` at
+    ``0.9 * swa_start``, then constant: the iterates collected from ``swa_start`` on
+    all move at the same learning rate.
+
+    Examples
+    --------
+    >>> schedule = swag_schedule(1.0, swa_start=10, ratio=0.1)
+    >>> [round(float(schedule(k)), 3) for k in (0, 5, 7, 9, 10, 50)]
+    [1.0, 1.0, 0.55, 0.1, 0.1, 0.1]
+    """
+    if swa_start < 1:
+        raise ValueError(f"`swa_start` must be >= 1 step, got {swa_start!r}")
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32) / swa_start
+        decay = 1.0 - (1.0 - ratio) * (t - 0.5) / 0.4
+        return base * jnp.where(t <= 0.5, 1.0, jnp.where(t <= 0.9, decay, ratio))
+
+    return schedule
+
+
+def swag_bma(
+    iterates: Any,
+    predict_fn: Callable,
+    eval_x: jax.Array,
+    *,
+    rank: int,
+    num_samples: int,
+    rng_key: jax.Array,
+) -> tuple[bma_lib.BMAState, jax.Array]:
+    """The BMA over draws from one SWAG Gaussian per chain.
+
+    ``iterates`` has leading axes ``(num_iterates, num_chains)`` (the run loop's
+    ``result.samples["theta"]``). Each chain's iterates give a rank-``rank`` SWAG
+    Gaussian (:func:`flatjax.vi.swag.collect_swag`); ``num_samples`` draws are taken
+    from each, one at a time (memory: one draw per chain), and their predictives on
+    ``eval_x`` summed into a :class:`flatjax.inference.bma.BMAState`.
+
+    Returns ``(bma, draw_distance)``: ``draw_distance`` is the mean Euclidean distance
+    between consecutive draws of a chain (0 for one draw; 0 would also mean that
+    every draw is the same point, i.e. a degenerate Gaussian).
+    """
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 2:
+        raise ValueError(f"`rank` (K) must be an integer >= 2, got {rank!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"`num_samples` must be a positive integer, got {num_samples!r}")
+    num_iterates, num_chains = jax.tree.leaves(iterates)[0].shape[:2]
+    if num_iterates < 2:
+        raise ValueError(f"SWAG needs >= 2 collected iterates per chain, got {num_iterates}")
+
+    @jax.jit
+    def run(iterates, eval_x, rng_key):
+        qs = jax.vmap(
+            lambda it: swag_lib.to_lowrank_gaussian(swag_lib.collect_swag(it, rank)), in_axes=1
+        )(iterates)
+        probe = jax.eval_shape(
+            lambda p: predict_fn(p, eval_x[:1]), jax.tree.map(lambda a: a[0], qs.mean)
+        )
+        bma0 = bma_lib.init(num_chains, eval_x.shape[0], probe.shape[-1])
+
+        def body(carry, inputs):
+            bma, prev, total = carry
+            i, key = inputs
+            draws = jax.vmap(lrg.sample)(jax.random.split(key, num_chains), qs)
+            # chains one after another: a vmapped convolution becomes a slow grouped one
+            # on CPU, and each chunk of eval_x already fills an accelerator
+            probs = jax.lax.map(lambda p: bma_lib.batched_predict(predict_fn, p, eval_x), draws)
+            sq = sum(
+                jnp.sum((a - b) ** 2, axis=tuple(range(1, a.ndim)))
+                for a, b in zip(jax.tree.leaves(draws), jax.tree.leaves(prev), strict=True)
+            )
+            total = total + jnp.where(i > 0, jnp.mean(jnp.sqrt(sq)), 0.0)
+            return (bma_lib.update(bma, probs), draws, total), None
+
+        keys = jax.random.split(rng_key, num_samples)
+        init = (bma0, qs.mean, jnp.zeros((), jnp.float32))
+        (bma, _, total), _ = jax.lax.scan(body, init, (jnp.arange(num_samples), keys))
+        return bma, total / max(num_samples - 1, 1)
+
+    return run(iterates, eval_x, rng_key)
 
 
 def check_dataset(dataset: Any) -> None:
@@ -200,7 +365,7 @@ def check_dataset(dataset: Any) -> None:
 def run_experiment(
     config: ExperimentConfig,
     dataset: Any,
-    ood_x: np.ndarray | None = None,
+    ood_x: np.ndarray | Mapping[str, np.ndarray] | None = None,
     *,
     progress: bool | None = None,
     checkpoint_dir: str | None = None,
@@ -213,7 +378,12 @@ def run_experiment(
     :mod:`flatjax.data`). The returned dict has, for every sample set (``theta``; and
     ``guide`` and ``pooled`` for Entropy-MCMC), the BMA metrics on the test set
     (:func:`flatjax.metrics.summarize`, with OOD scores against ``ood_x``), plus the
-    reliability-diagram data, per-epoch traces, and wall-clock time. With
+    reliability-diagram data, per-epoch traces, and wall-clock time. ``ood_x`` is one
+    array of OOD inputs (flat ``ood_*`` keys, as ``summarize``) or a ``{name: array}``
+    mapping of several OOD sets, scored separately under ``summary["ood"][name]`` as
+    ``{"auroc_entropy", "aupr_entropy", "auroc_max_prob", "aupr_max_prob"}``. For
+    SWAG the report also has ``"swag"``: the iterates collected per chain, the rank and
+    the mean distance between consecutive draws (see :func:`swag_bma`). With
     ``checkpoint_dir`` the run is checkpointed every epoch and ``resume=True`` continues
     it (see :func:`flatjax.inference.loop.run`). With ``mesh`` the chains (and
     minibatches) are split over devices (:mod:`flatjax.inference.sharding`); the
@@ -224,7 +394,7 @@ def run_experiment(
     y_train = jnp.asarray(dataset.y_train)
     n = int(x_train.shape[0])
     config.validate(n)
-    model_kwargs = {"features": config.hidden} if config.model == "mlp" else {}
+    model_kwargs = {"features": config.hidden} if config.model == "mlp" else MODELS[config.model]
     model = make_model(config.model, dataset.num_classes, **model_kwargs)
     apply_fn = glue.linen_apply(model)
     loglik = glue.categorical_loglikelihood(apply_fn)
@@ -236,6 +406,7 @@ def run_experiment(
 
     key = jax.random.key(config.seed)
     init_key, run_key = jax.random.split(key)
+    is_swag = config.method == "swag"
     init_keys = jax.random.split(init_key, config.chains)
     params = jax.vmap(lambda k: model.init(k, x_train[:1])["params"])(init_keys)
     state = jax.vmap(kernel.init)(params)
@@ -251,8 +422,18 @@ def run_experiment(
         }
 
     eval_x = jnp.asarray(dataset.x_test)
-    if ood_x is not None:
-        eval_x = jnp.concatenate([eval_x, jnp.asarray(ood_x, eval_x.dtype)])
+    if isinstance(ood_x, Mapping):
+        ood_sets = {str(k): jnp.asarray(v, eval_x.dtype) for k, v in ood_x.items()}
+    else:
+        ood_sets = {} if ood_x is None else {"": jnp.asarray(ood_x, eval_x.dtype)}
+    for name, x_ood in ood_sets.items():
+        if x_ood.shape[1:] != eval_x.shape[1:]:
+            label = f"`ood_x[{name!r}]`" if name else "`ood_x`"
+            raise ValueError(
+                f"{label} has inputs of shape {x_ood.shape[1:]}, the test set {eval_x.shape[1:]}"
+            )
+    if ood_sets:
+        eval_x = jnp.concatenate([eval_x, *ood_sets.values()])
     start = time.perf_counter()
     result = loop.run(
         kernel,
@@ -265,15 +446,33 @@ def run_experiment(
         step_size=step_size,
         temperature=temperature,
         collect=collect,
-        keep_samples=False,
-        predict_fn=predict,
-        eval_x=eval_x,
+        # SWAG fits its Gaussian to the collected iterates after the run; the others
+        # stream their samples' predictives into the BMA
+        keep_samples=is_swag,
+        predict_fn=None if is_swag else predict,
+        eval_x=None if is_swag else eval_x,
         trace_fn=trace_fn,
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         mesh=mesh,
     )
+    swag_report = None
+    if is_swag:
+        bma, distance = swag_bma(
+            result.samples["theta"],
+            predict,
+            eval_x,
+            rank=config.swag_rank,
+            num_samples=config.swag_samples,
+            rng_key=jax.random.fold_in(key, 2),
+        )
+        result = result._replace(bma={"theta": bma})
+        swag_report = {
+            "iterates_per_chain": len(result.collected_epochs),
+            "rank": config.swag_rank,
+            "draw_distance": float(distance),
+        }
     seconds = time.perf_counter() - start
 
     num_test = dataset.x_test.shape[0]
@@ -286,19 +485,35 @@ def run_experiment(
         "data": getattr(dataset, "name", "data"),
         "num_train": n,
         "num_test": int(num_test),
-        "num_samples_per_chain": len(result.collected_epochs),
+        "num_samples_per_chain": config.swag_samples if is_swag else len(result.collected_epochs),
         "gradient_evaluations_per_chain": config.epochs
         * steps_per_epoch
-        * (rows // config.batch_size),
+        * (rows // config.batch_size)
+        * (2 if config.method == "sam" else 1),
         "seconds": seconds,
         "trace": {k: np.asarray(v).tolist() for k, v in result.trace.items()},
         "sets": {},
     }
+    if swag_report is not None:
+        report["swag"] = swag_report
     y_test = jnp.asarray(dataset.y_test)
+    bounds = np.cumsum([num_test, *(len(v) for v in ood_sets.values())])
     for name, probs in sets.items():
         probs_in = probs[:num_test]
-        probs_ood = probs[num_test:] if ood_x is not None else None
-        summary = metrics_lib.summarize(probs_in, y_test, probs_ood)
+        ood_probs = {
+            k: probs[lo:hi] for k, lo, hi in zip(ood_sets, bounds[:-1], bounds[1:], strict=True)
+        }
+        flat = ood_probs.get("") if not isinstance(ood_x, Mapping) else None
+        summary = metrics_lib.summarize(probs_in, y_test, flat)
+        if isinstance(ood_x, Mapping):
+            summary["ood"] = {
+                k: {
+                    f"{metric}_{score}": float(value)
+                    for score in ("entropy", "max_prob")
+                    for metric, value in metrics_lib.ood_scores(probs_in, p, score).items()
+                }
+                for k, p in ood_probs.items()
+            }
         diagram = metrics_lib.reliability_diagram(probs_in, y_test, num_bins=15, binning="width")
         summary["reliability"] = {k: np.asarray(v).tolist() for k, v in diagram._asdict().items()}
         report["sets"][name] = summary

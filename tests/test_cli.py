@@ -51,6 +51,18 @@ def test_compare_runs_every_method_on_the_same_data(tmp_path, capsys):
     assert "entropy-sgd" in capsys.readouterr().out
 
 
+def test_compare_sam_and_swag(tmp_path):
+    tiny = list(TINY)
+    tiny[tiny.index("--epochs") + 1] = "4"  # SWAG collects epochs 2 and 3
+    args = ["compare", "--methods", "sam,swag", *tiny, "--swag-rank", "2", "--swag-samples", "3"]
+    assert cli.main([*args, "--rho", "0.1", "--no-figures", "--out", str(tmp_path)]) == 0
+    sam, swag = json.loads((tmp_path / "results.json").read_text())["reports"]
+    assert sam["config"]["rho"] == 0.1
+    assert sam["gradient_evaluations_per_chain"] == 2 * swag["gradient_evaluations_per_chain"]
+    assert swag["num_samples_per_chain"] == 3 and swag["swag"]["rank"] == 2
+    assert 0.0 <= swag["sets"]["theta"]["ood_auroc_entropy"] <= 1.0
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -65,6 +77,10 @@ def test_compare_runs_every_method_on_the_same_data(tmp_path, capsys):
         (["run", "--data", "fashion", "--data-dir", "/nonexistent"], "nonexistent"),
         (["compare", "--methods", "emcmc,bogus"], "bogus"),
         (["run", "--resume"], "checkpoint-dir"),
+        (["run", "--method", "sam", "--rho", "-1"], "--rho"),
+        (["run", "--method", "swag", "--epochs", "8", "--swag-rank", "5"], "swag_rank"),
+        (["run", "--method", "swag", "--swag-samples", "0"], "--swag-samples"),
+        (["run", "--model", "vgg"], "--model"),
     ],
 )
 def test_bad_flags_give_one_line_errors(argv, message, capsys):

@@ -1,0 +1,142 @@
+"""``run_experiment`` with the SAM and SWAG baselines, and several OOD sets at once."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flatjax.data import Dataset, load_digits, make_ood
+from flatjax.experiment import (
+    METHODS,
+    ExperimentConfig,
+    run_experiment,
+    swag_bma,
+    swag_schedule,
+)
+
+TINY = dict(chains=2, epochs=4, hidden=(16,), batch_size=128, lr=0.5)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Dataset:
+    d = load_digits()
+    # a smaller test split keeps the BMA cheap
+    return Dataset(d.x_train, d.y_train, d.x_test[:120], d.y_test[:120], d.num_classes, d.name)
+
+
+def _finite(summary: dict) -> bool:
+    return all(math.isfinite(v) for v in summary.values() if isinstance(v, float))
+
+
+def test_sam_and_swag_are_listed_methods():
+    assert {"sam", "swag"} <= set(METHODS)
+
+
+def test_sam_runs_with_twice_the_gradients_and_rho_zero_is_sgd(digits):
+    sam = run_experiment(ExperimentConfig(method="sam", rho=0.05, **TINY), digits, progress=False)
+    sgd = run_experiment(ExperimentConfig(method="sgd", **TINY), digits, progress=False)
+    assert _finite(sam["sets"]["theta"]) and 0.0 <= sam["sets"]["theta"]["accuracy"] <= 1.0
+    # two gradients per step: the ascent one and the one at the perturbed point
+    assert sam["gradient_evaluations_per_chain"] == 2 * sgd["gradient_evaluations_per_chain"]
+    assert sam["num_samples_per_chain"] == 1
+    # with rho = 0 the SAM kernel is the SGD baseline (same momentum, decay, minibatches)
+    flat = run_experiment(ExperimentConfig(method="sam", rho=0.0, **TINY), digits, progress=False)
+    np.testing.assert_allclose(flat["sets"]["theta"]["nll"], sgd["sets"]["theta"]["nll"], rtol=1e-5)
+    assert sam["sets"]["theta"]["nll"] != sgd["sets"]["theta"]["nll"]
+
+
+def test_swag_bma_averages_distinct_draws_and_scores_every_ood_set(digits):
+    ood = {
+        "gaussian": make_ood(digits, "gaussian", n=60),
+        "uniform": make_ood(digits, "uniform", n=40),
+    }
+    config = ExperimentConfig(method="swag", swag_rank=2, swag_samples=6, **TINY)
+    report = run_experiment(config, digits, ood, progress=False)
+    theta = report["sets"]["theta"]
+    assert _finite(theta) and 0.0 <= theta["accuracy"] <= 1.0
+    assert report["num_samples_per_chain"] == 6
+    assert report["swag"]["iterates_per_chain"] == 2  # epochs 2 and 3 of 4
+    assert report["swag"]["draw_distance"] > 0  # the draws are distinct points
+    assert report["gradient_evaluations_per_chain"] == 4 * (1437 // 128)
+    assert set(theta["ood"]) == {"gaussian", "uniform"}
+    for scores in theta["ood"].values():
+        assert set(scores) == {"auroc_entropy", "aupr_entropy", "auroc_max_prob", "aupr_max_prob"}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert "ood_auroc_entropy" not in theta  # a mapping gives nested scores only
+
+
+def test_swag_bma_of_a_spread_posterior_differs_from_each_draw():
+    # iterates of a 1-parameter "model" that predicts softmax([w, 0]); 3 iterates, 1 chain
+    iterates = jnp.array([[-1.0], [0.5], [2.0]])[:, None, :]
+    predict = lambda w, x: jax.nn.softmax(jnp.stack([w[0] * x, jnp.zeros_like(x)], -1))
+    x = jnp.ones(3)
+    key = jax.random.key(0)
+    one, d1 = swag_bma(iterates, predict, x, rank=2, num_samples=1, rng_key=key)
+    many, dm = swag_bma(iterates, predict, x, rank=2, num_samples=50, rng_key=key)
+    assert int(one.count[0]) == 1 and int(many.count[0]) == 50
+    assert float(d1) == 0.0 and float(dm) > 0.1
+    # the 50-draw average is a distribution, and not the prediction of any one draw
+    p_many = many.sum_probs[0] / 50
+    np.testing.assert_allclose(p_many.sum(-1), 1.0, rtol=1e-5)
+    assert abs(float(p_many[0, 0] - one.sum_probs[0, 0, 0])) > 1e-3
+
+
+def test_swag_schedule_is_constant_while_collecting():
+    schedule = swag_schedule(2.0, swa_start=100, ratio=0.1)
+    assert float(schedule(0)) == pytest.approx(2.0) and float(schedule(50)) == pytest.approx(2.0)
+    assert float(schedule(70)) == pytest.approx(2.0 * (1 - 0.9 * 0.5))
+    for k in (90, 100, 150, 400):
+        assert float(schedule(k)) == pytest.approx(0.2, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fields, pattern",
+    [
+        (dict(method="sam", rho=-0.1), "rho"),
+        (dict(method="sam", rho=float("nan")), "rho"),
+        (dict(method="sam", rho=float("inf")), "rho"),
+        (dict(method="sam", rho="0.1"), "rho"),
+        (dict(method="swag", swag_rank=1), "swag_rank"),
+        (dict(method="swag", swag_rank=2.5), "swag_rank"),
+        (dict(method="swag", swag_rank=True), "swag_rank"),
+        (dict(method="swag", epochs=8, swag_rank=5), "swag_rank.*4 iterates"),
+        (dict(method="swag", epochs=2, swag_rank=2), "epochs"),
+        (dict(method="swag", swag_samples=0), "swag_samples"),
+        (dict(method="swag", swag_lr_ratio=0.0), "swag_lr_ratio"),
+        (dict(method="swag", swag_lr_ratio=1.5), "swag_lr_ratio"),
+        (dict(model="vgg"), "model"),
+    ],
+)
+def test_bad_sam_and_swag_settings_name_the_field(fields, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        ExperimentConfig(**fields).validate()
+
+
+def test_bad_settings_are_caught_before_training(digits):
+    with pytest.raises(ValueError, match="rho"):
+        run_experiment(ExperimentConfig(method="sam", rho=-1.0, **TINY), digits, progress=False)
+    with pytest.raises(ValueError, match="swag_rank"):
+        run_experiment(ExperimentConfig(method="swag", swag_rank=3, **TINY), digits, progress=False)
+
+
+def test_swag_bma_rejects_bad_arguments():
+    iterates = jnp.zeros((3, 1, 2))
+    predict = lambda w, x: jax.nn.softmax(x * w)
+    with pytest.raises(ValueError, match="rank"):
+        swag_bma(iterates, predict, jnp.ones((2, 2)), rank=1, num_samples=2, rng_key=None)
+    with pytest.raises(ValueError, match="num_samples"):
+        swag_bma(iterates, predict, jnp.ones((2, 2)), rank=2, num_samples=0, rng_key=None)
+    with pytest.raises(ValueError, match="iterates"):
+        swag_bma(iterates[:1], predict, jnp.ones((2, 2)), rank=2, num_samples=2, rng_key=None)
+
+
+def test_ood_set_of_the_wrong_shape_is_named(digits):
+    with pytest.raises(ValueError, match="ood_x\\['bad'\\]"):
+        run_experiment(
+            ExperimentConfig(method="sgd", **TINY),
+            digits,
+            {"bad": np.zeros((5, 3, 3, 1), np.float32)},
+            progress=False,
+        )

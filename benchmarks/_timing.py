@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
+import pathlib
 import platform
 import random
 import sys
@@ -130,6 +132,18 @@ def scan_steps(step: Callable) -> Callable:
         return jax.lax.scan(body, state, (keys, idx, step_sizes))[0]
 
     return run
+
+
+def write_results(
+    out: str | os.PathLike, stem: str, result: dict, markdown: Callable[[dict], str]
+) -> str:
+    """Write ``out/stem.json`` and ``out/stem.md`` (``markdown(result)``); return the text."""
+    directory = pathlib.Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    text = markdown(result)
+    (directory / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (directory / f"{stem}.md").write_text(text)
+    return text
 
 
 def load_average() -> list[float] | None:

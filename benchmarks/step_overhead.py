@@ -39,7 +39,6 @@ Writes ``benchmarks/results/step_overhead.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -66,7 +65,7 @@ from flatjax.nn.glue import (
 from flatjax.sgmcmc.emcmc import EMCMCState, joint_gradient
 
 try:  # run as a script (`python benchmarks/step_overhead.py`) or as a module
-    from benchmarks._timing import machine_info, measure, paired, scan_steps, summary
+    from benchmarks._timing import machine_info, measure, paired, scan_steps, summary, write_results
 except ImportError:  # pragma: no cover
     from _timing import (  # type: ignore[no-redef]
         machine_info,
@@ -74,6 +73,7 @@ except ImportError:  # pragma: no cover
         paired,
         scan_steps,
         summary,
+        write_results,
     )
 
 ETA = 4e-4
@@ -652,11 +652,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "conv_in_scan": conv_check,
         "targets": targets,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "step_overhead_quick" if quick else "step_overhead"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_results(args.out, stem, result, markdown))
     return result
 
 

@@ -66,7 +66,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import math
 import os
 import pathlib
@@ -92,7 +91,14 @@ from flatjax.nn.models import make_model
 
 try:  # run as a module (`python -m benchmarks.vs_pytorch`) or as a script
     from benchmarks._common import RESULTS, fashion_subset
-    from benchmarks._timing import load_average, machine_info, measure, paired, summary
+    from benchmarks._timing import (
+        load_average,
+        machine_info,
+        measure,
+        paired,
+        summary,
+        write_results,
+    )
 except ImportError:  # pragma: no cover
     from _common import RESULTS, fashion_subset  # type: ignore[no-redef]
     from _timing import (  # type: ignore[no-redef]
@@ -101,6 +107,7 @@ except ImportError:  # pragma: no cover
         measure,
         paired,
         summary,
+        write_results,
     )
 
 try:
@@ -881,11 +888,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "targets": verdicts(bench["ratios"]),
     }
     result["verdict"] = bottom_line(result["targets"])
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "vs_pytorch_quick" if quick else "vs_pytorch"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
+    print(write_results(args.out, stem, result, markdown))
     return result
 
 

@@ -42,7 +42,8 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -814,6 +815,29 @@ def fisher_solve(
     For the mean alone (e.g. a SAM-like perturbation of ``mu``), ``cov_matvec`` is
     the whole solve: ``F_mu^{-1} g = Sigma g``.
     """
+    return _fisher_solve(
+        q, g, damping, relative_damping, project_rotations, tol, atol, maxiter, precondition, x0
+    )[0]
+
+
+def _fisher_solve(
+    q: LowRankGaussian,
+    g: LowRankGaussian,
+    damping: float = 1e-4,
+    relative_damping: float = 0.0,
+    project_rotations: bool = True,
+    tol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int = 100,
+    precondition: bool = True,
+    x0: LowRankGaussian | None = None,
+) -> tuple[LowRankGaussian, Array]:
+    """:func:`fisher_solve` and ``x^T F x`` of its solution ``x``.
+
+    The quadratic form comes from CG's residual ``r = b - (F_c + S) x_c`` (``S`` the
+    damping): ``x_c^T F_c x_c = x_c^T (b - r) - x_c^T S x_c``, plus the exact mean part
+    ``g_mu^T Sigma g_mu``; no Fisher-vector product beyond CG's own.
+    """
     _check_tangent("g", g, q)
     if x0 is not None:
         _check_tangent("x0", x0, q)
@@ -845,10 +869,55 @@ def fisher_solve(
         preconditioner = lambda x: jax.tree.map(jnp.multiply, inv, x)
     b = (g.log_scale, g.deviations)
     init = None if x0 is None else (x0.log_scale, x0.deviations)
-    (ell, dev), _ = jax.scipy.sparse.linalg.cg(
-        matvec, b, x0=init, tol=tol, atol=atol, maxiter=maxiter, M=preconditioner
-    )
-    return LowRankGaussian(cov_matvec(q, g.mean), ell, dev)
+    x, r = _pcg(matvec, b, preconditioner, init, tol, atol, maxiter)
+    mean = cov_matvec(q, g.mean)
+    residual_form = _vdot(x, jax.tree.map(jnp.subtract, b, r))
+    metric = _vdot(g.mean, mean) + residual_form - _vdot(x, jax.tree.map(jnp.multiply, shift, x))
+    return LowRankGaussian(mean, *x), metric
+
+
+def _pcg(
+    matvec: Callable,
+    b: Any,
+    preconditioner: Callable | None,
+    x0: Any | None,
+    tol: float,
+    atol: float,
+    maxiter: int,
+) -> tuple[Any, Any]:
+    """Preconditioned conjugate gradients on pytrees: ``(x, r)`` with ``r = b - A x``.
+
+    The algorithm and stopping rule of :func:`jax.scipy.sparse.linalg.cg`
+    (``|r| <= max(tol |b|, atol)`` or ``maxiter`` iterations), which returns no
+    residual and evaluates ``A x0`` even for ``x0 = 0``; here ``r`` is the
+    recursively updated residual and ``x0 = None`` starts from zero for free.
+    """
+    precondition = preconditioner if preconditioner is not None else (lambda v: v)
+    if x0 is None:
+        x, r = jax.tree.map(jnp.zeros_like, b), b
+    else:
+        x = x0
+        r = jax.tree.map(jnp.subtract, b, matvec(x0))
+    z = precondition(r)
+    bound = jnp.maximum(tol * jnp.sqrt(_vdot(b, b)), atol) ** 2
+
+    def cond(state):
+        _, r, _, _, k = state
+        return (_vdot(r, r) > bound) & (k < maxiter)
+
+    def body(state):
+        x, r, p, rz, k = state
+        ap = matvec(p)
+        alpha = rz / _vdot(p, ap)
+        x = jax.tree.map(lambda x, p: x + alpha * p, x, p)
+        r = jax.tree.map(lambda r, ap: r - alpha * ap, r, ap)
+        z = precondition(r)
+        rz_new = _vdot(r, z)
+        p = jax.tree.map(lambda z, p: z + (rz_new / rz) * p, z, p)
+        return x, r, p, rz_new, k + 1
+
+    x, r, *_ = jax.lax.while_loop(cond, body, (x, r, z, _vdot(r, z), 0))
+    return x, r
 
 
 # --------------------------------------------------------------------------- dense

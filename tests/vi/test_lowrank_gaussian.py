@@ -267,6 +267,21 @@ def test_fisher_solve_matches_dense_solve(precondition, project):
     np.testing.assert_allclose(flat(got)[P:], want, rtol=1e-6, atol=1e-6 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("maxiter", [2, 1000])
+def test_solve_quadratic_form_and_warm_start_match_dense(maxiter):
+    """``x^T F x`` from CG's residual is exact for the x CG returns, converged or not;
+    a warm start at the solution stays there."""
+    q = random_q(12)
+    fisher = dense_fisher(12, 3)
+    g = unflatten(np.random.default_rng(3).normal(size=fisher.shape[0]), q)
+    solve = jax.jit(lrg._fisher_solve, static_argnames=("maxiter", "project_rotations"))
+    x, form = solve(q, g, 1e-4, 1e-3, project_rotations=True, tol=1e-12, maxiter=maxiter)
+    np.testing.assert_allclose(form, flat(x) @ fisher @ flat(x), rtol=1e-8)
+    if maxiter == 1000:
+        again = SOLVE(q, g, 1e-4, 1e-3, True, tol=1e-12, atol=0.0, maxiter=1, x0=x)
+        np.testing.assert_allclose(flat(again), flat(x), rtol=1e-8, atol=1e-12)
+
+
 def test_fisher_solve_inverts_the_fisher_on_its_range():
     """For g = F t (an exact expected gradient is in the range), F solve(g) = g."""
     q = random_q(12)

@@ -109,79 +109,40 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("hyper-parameters (reference-code conventions)")
-    g.add_argument(
-        "--lr",
-        type=_number(0.0),
-        default=d.lr,
-        help="learning rate on the mean loss; the Langevin step is lr/N",
-    )
-    g.add_argument("--temperature", type=_number(0.0, low_open=False), default=d.temperature)
-    g.add_argument(
-        "--eta",
-        type=_number(0.0),
-        default=d.eta,
-        help="Entropy-MCMC coupling variance (log-posterior scale)",
-    )
-    g.add_argument(
-        "--weight-decay",
-        type=_number(0.0, low_open=False),
-        default=d.weight_decay,
-        help="weight decay = Gaussian prior of precision N*wd (theta and guide)",
-    )
-    g.add_argument(
-        "--cycles",
-        type=_positive_int,
-        default=d.cycles,
-        help="cycles of the cyclical cosine step size",
-    )
-    g.add_argument(
-        "--collect-last",
-        type=_positive_int,
-        default=d.collect_last,
-        help="collect samples in the last K epochs of each cycle",
-    )
-    g.add_argument(
-        "--exploration",
-        type=_number(0.0, low_open=False),
-        default=d.exploration,
-        help="cSGLD/cSGHMC: noiseless fraction at the start of each cycle",
-    )
-    g.add_argument(
-        "--friction",
-        type=_number(0.0),
-        default=d.friction,
-        help="SGHMC momentum decay per step (1 - momentum)",
-    )
-    g.add_argument(
-        "--inner-steps",
-        type=_positive_int,
-        default=d.inner_steps,
-        help="Entropy-SGD/SGLD inner SGLD steps (gradients per step)",
-    )
-    g.add_argument(
-        "--rho",
-        type=_number(0.0, low_open=False),
-        default=d.rho,
-        help="SAM: radius of the ascent step",
-    )
-    g.add_argument(
-        "--swag-rank",
-        type=_positive_int,
-        default=d.swag_rank,
-        help="SWAG: rank K of the covariance (<= the iterates collected, epochs - epochs//2)",
-    )
-    g.add_argument(
-        "--swag-samples",
-        type=_positive_int,
-        default=d.swag_samples,
-        help="SWAG: draws per chain averaged in the BMA",
-    )
-    g.add_argument(
-        "--swag-lr-ratio",
-        type=_number(0.0),
-        default=d.swag_lr_ratio,
-        help="SWAG: learning rate during collection, as a fraction of --lr",
-    )
+    non_negative = _number(0.0, low_open=False)
+    for flag, parse, text in (
+        ("--lr", _number(0.0), "learning rate on the mean loss; the Langevin step is lr/N"),
+        ("--temperature", non_negative, "posterior temperature T"),
+        ("--eta", _number(0.0), "Entropy-MCMC coupling variance (log-posterior scale)"),
+        (
+            "--weight-decay",
+            non_negative,
+            "weight decay = Gaussian prior of precision N*wd (theta and guide)",
+        ),
+        ("--cycles", _positive_int, "cycles of the cyclical cosine step size"),
+        ("--collect-last", _positive_int, "collect samples in the last K epochs of each cycle"),
+        (
+            "--exploration",
+            non_negative,
+            "cSGLD/cSGHMC: noiseless fraction at the start of each cycle",
+        ),
+        ("--friction", _number(0.0), "SGHMC momentum decay per step (1 - momentum)"),
+        ("--inner-steps", _positive_int, "Entropy-SGD/SGLD inner SGLD steps (gradients per step)"),
+        ("--rho", non_negative, "SAM: radius of the ascent step"),
+        (
+            "--swag-rank",
+            _positive_int,
+            "SWAG: rank K of the covariance (<= the iterates collected, epochs - epochs//2)",
+        ),
+        ("--swag-samples", _positive_int, "SWAG: draws per chain averaged in the BMA"),
+        (
+            "--swag-lr-ratio",
+            _number(0.0),
+            "SWAG: learning rate during collection, as a fraction of --lr",
+        ),
+    ):
+        field = flag[2:].replace("-", "_")
+        g.add_argument(flag, type=parse, default=getattr(d, field), help=text)
     g.add_argument(
         "--checkpoint-dir",
         default=None,

@@ -49,6 +49,7 @@ from flatjax._util import (
     normal_like,
 )
 from flatjax.sgmcmc import diffusions
+from flatjax.sgmcmc._api import sgmcmc_algorithm
 
 __all__ = [
     "EMCMCState",
@@ -222,20 +223,7 @@ def as_top_level_api(
     """
     kernel = build_kernel(eta, guide_prior_precision)
 
-    def init_fn(position: ArrayLikeTree, rng_key: PRNGKey | None = None) -> EMCMCState:
-        del rng_key
-        return init(position)
-
-    def step_fn(
-        rng_key: PRNGKey,
-        state: EMCMCState,
-        minibatch: ArrayLikeTree,
-        step_size: float,
-        temperature: float = 1.0,
-    ) -> EMCMCState:
-        return kernel(rng_key, state, grad_estimator, minibatch, step_size, temperature)
-
-    return SamplingAlgorithm(init_fn, step_fn)  # type: ignore[arg-type]
+    return sgmcmc_algorithm(init, kernel, grad_estimator)
 
 
 def _split_joint(x) -> tuple[ArrayTree, ArrayTree]:

@@ -33,6 +33,7 @@ from flatjax._util import (
 )
 from flatjax.sgmcmc import diffusions
 from flatjax.sgmcmc import emcmc as _emcmc
+from flatjax.sgmcmc._api import sgmcmc_algorithm
 
 __all__ = ["EMCMCSGHMCState", "init", "build_kernel", "as_top_level_api"]
 
@@ -167,17 +168,4 @@ def as_top_level_api(
     """
     kernel = build_kernel(eta, alpha, beta, guide_prior_precision)
 
-    def init_fn(position: ArrayLikeTree, rng_key: PRNGKey | None = None):
-        del rng_key
-        return init(position)
-
-    def step_fn(
-        rng_key: PRNGKey,
-        state: EMCMCSGHMCState,
-        minibatch: ArrayLikeTree,
-        step_size: float,
-        temperature: float = 1.0,
-    ) -> EMCMCSGHMCState:
-        return kernel(rng_key, state, grad_estimator, minibatch, step_size, temperature)
-
-    return SamplingAlgorithm(init_fn, step_fn)  # type: ignore[arg-type]
+    return sgmcmc_algorithm(init, kernel, grad_estimator)

@@ -80,6 +80,7 @@ from flatjax._util import (
 )
 from flatjax.sgmcmc import diffusions
 from flatjax.sgmcmc import emcmc as _emcmc
+from flatjax.sgmcmc._api import sgmcmc_algorithm
 
 __all__ = [
     "EntropySGDState",
@@ -314,20 +315,7 @@ def as_top_level_api(
         shared_minibatch,
     )
 
-    def init_fn(position: ArrayLikeTree, rng_key: PRNGKey | None = None) -> EntropySGDState:
-        del rng_key
-        return init(position)
-
-    def step_fn(
-        rng_key: PRNGKey,
-        state: EntropySGDState,
-        minibatch: ArrayLikeTree,
-        step_size: float,
-        temperature: float = 1.0,
-    ) -> EntropySGDState:
-        return kernel(rng_key, state, grad_estimator, minibatch, step_size, temperature)
-
-    return SamplingAlgorithm(init_fn, step_fn)  # type: ignore[arg-type]
+    return sgmcmc_algorithm(init, kernel, grad_estimator)
 
 
 def as_entropy_sgld_api(

@@ -20,6 +20,7 @@ from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
 from flatjax._util import check_in_range, check_matching_tree, check_nonnegative
 from flatjax.sgmcmc import diffusions
+from flatjax.sgmcmc._api import sgmcmc_algorithm
 
 __all__ = ["SGHMCState", "init", "build_kernel", "as_top_level_api"]
 
@@ -81,11 +82,4 @@ def as_top_level_api(
     """
     kernel = build_kernel(alpha, beta)
 
-    def init_fn(position: ArrayLikeTree, rng_key: PRNGKey | None = None) -> SGHMCState:
-        del rng_key
-        return init(position)
-
-    def step_fn(rng_key, state, minibatch, step_size, temperature=1.0) -> SGHMCState:
-        return kernel(rng_key, state, grad_estimator, minibatch, step_size, temperature)
-
-    return SamplingAlgorithm(init_fn, step_fn)  # type: ignore[arg-type]
+    return sgmcmc_algorithm(init, kernel, grad_estimator)

@@ -178,3 +178,10 @@ def test_extra_test_sets_are_scored_with_the_same_bma_and_temperature(digits):
     assert 0.0 <= report["extra_test"]["half"]["raw"]["accuracy"] <= 1.0
     with pytest.raises(ValueError, match=r"extra_test\['bad'\]"):
         run_transfer(config, source, target, extra_test={"bad": (target.x_test, target.y_test[:3])})
+
+
+def test_emcmc_coupling_must_exceed_the_few_shot_step(digits):
+    source, target = digits  # 3 target classes x 3 shots: n = 9
+    config = TransferConfig(method="emcmc", lr=0.09, eta=0.01, **TINY)
+    with pytest.raises(ValueError, match=r"`eta`=0.01 must exceed the step lr/n = 0.09/9"):
+        run_transfer(config, source, target)

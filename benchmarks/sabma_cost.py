@@ -23,7 +23,11 @@ rounds. Variants, all with heavy-ball momentum ``optax.trace(0.9)``:
   the exact Fisher, ``cg_maxiter`` 20 / 5);
 - ``sabma_transfer`` (full run only, no target): SA-BMA as :mod:`flatjax.transfer`
   runs it, ``q`` over the norm layers and the head only, the frozen backbone drawn
-  once per step from a source posterior (``draw=``), exact Fisher.
+  once per step from a source posterior (``draw=``), exact Fisher;
+- ``sabma_transfer_mean`` / ``sabma_transfer_diag`` / ``sabma_transfer_mean_diag`` (full
+  run only, no target): the same with the backbone at the source mean
+  (``TransferConfig(backbone="mean")``), with the diagonal Fisher, and with both: what
+  the per-step backbone draw and the CG loop cost in the transfer setting.
 
 ``K = 5`` throughout.
 
@@ -115,7 +119,13 @@ SABMA_VARIANTS: dict[str, dict[str, Any]] = {
     "sabma_exact5": {"fisher": "exact", "cg_maxiter": 5},
 }
 TARGETED = tuple(SABMA_VARIANTS)
-ALL_VARIANTS = ("sgd", "sam", *SABMA_VARIANTS, "sabma_transfer")
+TRANSFER_VARIANTS: dict[str, tuple[str, bool]] = {  # name: (fisher, backbone drawn)
+    "sabma_transfer": ("exact", True),
+    "sabma_transfer_mean": ("exact", False),
+    "sabma_transfer_diag": ("diagonal", True),
+    "sabma_transfer_mean_diag": ("diagonal", False),
+}
+ALL_VARIANTS = ("sgd", "sam", *SABMA_VARIANTS, *TRANSFER_VARIANTS)
 
 # Steps per timed call, per model and variant (about 0.2-1 s per call on 2 cores).
 FULL_STEPS = {
@@ -127,6 +137,9 @@ FULL_STEPS = {
         "sabma_exact20": 4,
         "sabma_exact5": 4,
         "sabma_transfer": 20,
+        "sabma_transfer_mean": 20,
+        "sabma_transfer_diag": 20,
+        "sabma_transfer_mean_diag": 40,
     },
     "mlp512": {
         "sgd": 30,
@@ -136,6 +149,9 @@ FULL_STEPS = {
         "sabma_exact20": 1,
         "sabma_exact5": 1,
         "sabma_transfer": 6,
+        "sabma_transfer_mean": 6,
+        "sabma_transfer_diag": 6,
+        "sabma_transfer_mean_diag": 15,
     },
 }
 QUICK_STEPS = {"mlp16": {"sgd": 20, "sam": 10, "sabma_mean": 5, "sabma_exact5": 2}}
@@ -213,9 +229,9 @@ def initial_q(params: Any, seed: int = 1) -> lrg.LowRankGaussian:
     return lrg.LowRankGaussian(params, log_scale, deviations)
 
 
-def transfer_setup(problem: Problem) -> tuple[lrg.LowRankGaussian, Callable, Callable]:
-    """``(q over norm layers + head, loss(w, batch, backbone), draw(key))`` as in
-    :mod:`flatjax.transfer`.
+def transfer_setup(problem: Problem) -> tuple[lrg.LowRankGaussian, Callable, Callable, Any]:
+    """``(q over norm layers + head, loss(w, batch, backbone), draw(key), backbone mean)``
+    as in :mod:`flatjax.transfer`.
 
     The frozen backbone is drawn once per step from the backbone marginal of a source
     posterior (here :func:`initial_q` over the whole network).
@@ -228,7 +244,7 @@ def transfer_setup(problem: Problem) -> tuple[lrg.LowRankGaussian, Callable, Cal
     def loss(w: Any, batch: tuple[jax.Array, jax.Array], backbone: Any) -> jax.Array:
         return problem.loss(split.merge(w, backbone), batch)
 
-    return q, loss, lambda key: lrg.sample(key, backbone_q)
+    return q, loss, lambda key: lrg.sample(key, backbone_q), backbone_q.mean
 
 
 def variants(problem: Problem, names: Sequence[str]) -> dict[str, tuple[Callable, Any]]:
@@ -247,10 +263,13 @@ def variants(problem: Problem, names: Sequence[str]) -> dict[str, tuple[Callable
         elif name == "sam":
             kernel = sam_lib.as_top_level_api(grad_estimator, RHO_SAM, "sam", direction)
             state = jax.jit(kernel.init)(problem.params)
-        elif name == "sabma_transfer":
-            q_t, loss_t, draw = transfer_setup(problem)
+        elif name in TRANSFER_VARIANTS:
+            fisher, drawn = TRANSFER_VARIANTS[name]
+            q_t, loss_t, draw, backbone_mean = transfer_setup(problem)
+            if not drawn:
+                draw = lambda key, b=backbone_mean: b  # noqa: E731
             kernel = sabma.as_top_level_api(
-                loss_t, RHO_SABMA, direction, fisher="exact", damping=DAMPING, draw=draw
+                loss_t, RHO_SABMA, direction, fisher=fisher, damping=DAMPING, draw=draw
             )
             state = jax.jit(kernel.init)(q_t)
         else:
@@ -855,6 +874,13 @@ def analysis(result: dict) -> list[str]:
         f"{ratio('sabma_exact20')}.",
         f"- **Update of q.** Momentum and the axpy over the {2 + K} P numbers of q: "
         f"{get('update')}.",
+        f"- **Transfer setting** (q over norm layers + head, P_q small): as "
+        f":mod:`flatjax.transfer` runs it (backbone drawn per step, exact Fisher) "
+        f"{ratio('sabma_transfer')} SGD steps; backbone at its mean "
+        f"{ratio('sabma_transfer_mean')}; diagonal Fisher {ratio('sabma_transfer_diag')}; "
+        f"both {ratio('sabma_transfer_mean_diag')}. The gap between the first two is the "
+        "per-step draw of the P-dimensional backbone; between exact and diagonal, the CG "
+        "loop, whose small per-iteration ops cost fixed overhead on CPU.",
     ]
     budget = {
         "sabma_mean": "perturb_mean",

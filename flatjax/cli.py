@@ -276,6 +276,12 @@ def _add_transfer(sub) -> None:
         default=d.backbone,
         help="frozen backbone drawn from the source SWAG each step, or its mean",
     )
+    p.add_argument(
+        "--fisher",
+        choices=("exact", "diagonal"),
+        default=d.fisher,
+        help="SA-BMA: CG on the exact Fisher, or its diagonal (cheaper per step)",
+    )
     p.add_argument("--num-bma", type=_positive_int, default=d.num_bma, help="BMA samples")
     p.add_argument("--hidden", type=_hidden, default=d.hidden, help="MLP widths")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -308,6 +314,7 @@ def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
                 rho=args.rho,
                 head_variance=args.head_variance,
                 backbone=args.backbone,
+                fisher=args.fisher,
                 num_bma=args.num_bma,
                 seed=args.seed,
             ).validate()

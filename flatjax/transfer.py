@@ -73,6 +73,11 @@ class TransferConfig:
     (0.21 test accuracy on the digits task at ``eta = 1e-3 = 0.05 / 50``; 0.76 at
     ``eta >= 3e-3``).
 
+    ``fisher`` is SA-BMA's Fisher for the covariance block: ``"exact"`` (CG) or
+    ``"diagonal"``; on a 784-512-512 MLP on CPU the diagonal step with the backbone at
+    its mean costs 1.4 SGD steps against 3.8 for the exact one
+    (``benchmarks/results/sabma_cost.md``).
+
     ``min_variance`` floors the source SWAG's diagonal variance. SA-BMA's Fisher
     algebra runs in float32, where variances spread over much more than ``1e8``
     (parameters that barely moved over the SWAG epochs; SWAG's own floor is ``1e-10``)
@@ -95,6 +100,7 @@ class TransferConfig:
     rho: float = 0.05
     head_variance: float = 1e-5
     backbone: str = "sample"
+    fisher: str = "exact"
     num_bma: int = 30
     weight_decay: float = 5e-4
     temperature: float = 1.0
@@ -148,6 +154,8 @@ class TransferConfig:
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
         if self.backbone not in ("sample", "mean"):
             raise ValueError(f"`backbone` must be 'sample' or 'mean', got {self.backbone!r}")
+        if self.fisher not in ("exact", "diagonal"):
+            raise ValueError(f"`fisher` must be 'exact' or 'diagonal', got {self.fisher!r}")
         return self
 
 
@@ -320,7 +328,7 @@ def finetune(
             loss,
             config.rho,
             momentum,
-            fisher="exact",
+            fisher=config.fisher,
             damping=1e-3,
             draw=backbone,
             kl_weight=config.weight_decay,

@@ -103,6 +103,7 @@ def test_variational_part_is_norm_layers_and_a_fresh_head(digits):
         ({"backbone": "none"}, "backbone"),
         ({"swag_epochs": 50}, "swag_epochs"),
         ({"min_variance": 0.0}, "min_variance"),
+        ({"fisher": "kfac"}, "fisher"),
         ({"swag_epochs": 4, "swag_rank": 5}, "swag_epochs`=4 .*`swag_rank`=5"),
     ],
 )
@@ -185,3 +186,12 @@ def test_emcmc_coupling_must_exceed_the_few_shot_step(digits):
     config = TransferConfig(method="emcmc", lr=0.09, eta=0.01, **TINY)
     with pytest.raises(ValueError, match=r"`eta`=0.01 must exceed the step lr/n = 0.09/9"):
         run_transfer(config, source, target)
+
+
+def test_sabma_with_the_diagonal_fisher_and_the_backbone_mean(digits):
+    source, target = digits
+    config = TransferConfig(method="sabma", fisher="diagonal", backbone="mean", **TINY)
+    report = run_transfer(config, source, target)
+    assert report["config"]["fisher"] == "diagonal"
+    assert report["num_bma_samples"] == 3
+    assert np.isfinite(report["test"]["nll"]) and report["lambda_1_mean"] > 0

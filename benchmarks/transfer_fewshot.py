@@ -39,6 +39,12 @@ COLS = (
     *SHIFT_COLS,
 )
 NAN = float("nan")
+# SA-BMA red, SGD black, the others from tab10 without its red (index 3)
+PALETTE = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]
+COLORS = {
+    m: "tab:red" if m == "sabma" else "black" if m == "sgd" else PALETTE[i % len(PALETTE)]
+    for i, m in enumerate(METHODS)
+}
 
 
 def budget(quick: bool) -> dict:
@@ -185,7 +191,7 @@ def main(quick: bool) -> dict:
                 *(stats[m][f"accuracy_sev{s}"]["mean"] for s in SEVERITIES),
             ],
             "o-",
-            color="tab:red" if m == "sabma" else None,
+            color=COLORS[m],
             lw=2.5 if m in ("sabma", "sgd") else 1,
             label=NAMES.get(m, m.upper()),
         )
@@ -197,7 +203,7 @@ def main(quick: bool) -> dict:
         ax.plot(
             radii,
             np.mean(curves, axis=0),
-            color="tab:red" if m == "sabma" else ("black" if m == "sgd" else None),
+            color=COLORS[m],
             lw=2.5 if m in ("sabma", "sgd") else 0.8,
             alpha=1.0 if m in ("sabma", "sgd") else 0.5,
             label=NAMES.get(m, m.upper()),

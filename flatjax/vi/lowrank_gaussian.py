@@ -749,7 +749,8 @@ def fisher_solve(
     maxiter: int = 100,
     precondition: bool = True,
     x0: LowRankGaussian | None = None,
-) -> LowRankGaussian:
+    return_quadratic_form: bool = False,
+) -> LowRankGaussian | tuple[LowRankGaussian, Array]:
     """Natural gradient ``F^{-1} g``: exact on the mean block, CG on ``(l, C)``.
 
     The Fisher is block diagonal. Its mean block is :math:`\\Sigma^{-1}`, so the
@@ -802,6 +803,11 @@ def fisher_solve(
     x0
         Initial guess for the ``(l, C)`` block (its ``mean`` is ignored), e.g. the
         previous step's solution; zeros by default.
+    return_quadratic_form
+        Also return ``x^T F x`` of the solution ``x`` (the KL-ball metric of SA-BMA). It
+        comes from CG's residual ``r = b - (F_c + S) x_c`` (``S`` the damping):
+        ``x_c^T F_c x_c = x_c^T (b - r) - x_c^T S x_c``, plus the exact mean part
+        ``g_mu^T Sigma g_mu``; no Fisher-vector product beyond CG's own.
 
     Examples
     --------
@@ -814,29 +820,6 @@ def fisher_solve(
 
     For the mean alone (e.g. a SAM-like perturbation of ``mu``), ``cov_matvec`` is
     the whole solve: ``F_mu^{-1} g = Sigma g``.
-    """
-    return _fisher_solve(
-        q, g, damping, relative_damping, project_rotations, tol, atol, maxiter, precondition, x0
-    )[0]
-
-
-def _fisher_solve(
-    q: LowRankGaussian,
-    g: LowRankGaussian,
-    damping: float = 1e-4,
-    relative_damping: float = 0.0,
-    project_rotations: bool = True,
-    tol: float = 1e-5,
-    atol: float = 0.0,
-    maxiter: int = 100,
-    precondition: bool = True,
-    x0: LowRankGaussian | None = None,
-) -> tuple[LowRankGaussian, Array]:
-    """:func:`fisher_solve` and ``x^T F x`` of its solution ``x``.
-
-    The quadratic form comes from CG's residual ``r = b - (F_c + S) x_c`` (``S`` the
-    damping): ``x_c^T F_c x_c = x_c^T (b - r) - x_c^T S x_c``, plus the exact mean part
-    ``g_mu^T Sigma g_mu``; no Fisher-vector product beyond CG's own.
     """
     _check_tangent("g", g, q)
     if x0 is not None:
@@ -871,9 +854,12 @@ def _fisher_solve(
     init = None if x0 is None else (x0.log_scale, x0.deviations)
     x, r = _pcg(matvec, b, preconditioner, init, tol, atol, maxiter)
     mean = cov_matvec(q, g.mean)
+    solution = LowRankGaussian(mean, *x)
+    if not return_quadratic_form:
+        return solution
     residual_form = _vdot(x, jax.tree.map(jnp.subtract, b, r))
-    metric = _vdot(g.mean, mean) + residual_form - _vdot(x, jax.tree.map(jnp.multiply, shift, x))
-    return LowRankGaussian(mean, *x), metric
+    shifted = _vdot(x, jax.tree.map(jnp.multiply, shift, x))
+    return solution, _vdot(g.mean, mean) + residual_form - shifted
 
 
 def _pcg(

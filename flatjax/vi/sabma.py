@@ -144,8 +144,13 @@ def _natural_gradient(
                 direction = direction._replace(mean=lrg.cov_matvec(q, g.mean))
         direction = _mask(direction, train)
         return direction, _vdot(g, direction)
-    solved, metric = lrg._fisher_solve(
-        q, g, damping=damping, relative_damping=relative_damping, maxiter=cg_maxiter
+    solved, metric = lrg.fisher_solve(
+        q,
+        g,
+        damping=damping,
+        relative_damping=relative_damping,
+        maxiter=cg_maxiter,
+        return_quadratic_form=True,
     )
     return _mask(solved, train), metric
 

@@ -274,8 +274,11 @@ def test_solve_quadratic_form_and_warm_start_match_dense(maxiter):
     q = random_q(12)
     fisher = dense_fisher(12, 3)
     g = unflatten(np.random.default_rng(3).normal(size=fisher.shape[0]), q)
-    solve = jax.jit(lrg._fisher_solve, static_argnames=("maxiter", "project_rotations"))
-    x, form = solve(q, g, 1e-4, 1e-3, project_rotations=True, tol=1e-12, maxiter=maxiter)
+    solve = jax.jit(
+        lrg.fisher_solve,
+        static_argnames=("maxiter", "project_rotations", "return_quadratic_form"),
+    )
+    x, form = solve(q, g, 1e-4, 1e-3, tol=1e-12, maxiter=maxiter, return_quadratic_form=True)
     np.testing.assert_allclose(form, flat(x) @ fisher @ flat(x), rtol=1e-8)
     if maxiter == 1000:
         again = SOLVE(q, g, 1e-4, 1e-3, True, tol=1e-12, atol=0.0, maxiter=1, x0=x)

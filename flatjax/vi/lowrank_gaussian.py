@@ -66,6 +66,7 @@ __all__ = [
     "sample",
     "sample_noise",
     "reparameterize",
+    "noise_offset",
     "sample_n",
     "log_prob",
     "entropy",
@@ -272,9 +273,32 @@ def _vdot(x: ArrayTree, y: ArrayTree) -> Array:
     return _sum(jax.tree.map(lambda a, b: jnp.sum(a * b), x, y))
 
 
+def _folded_gram(a: Array, b: Array, fold: int) -> Array:
+    """``a^T b`` for 2-D ``a`` (n, k1) and ``b`` (n, k2), with ``fold`` rows folded into columns.
+
+    XLA:CPU's matrix product runs ``a^T b`` with a short output (``k1, k2 <= K``) well
+    below memory speed. Folding ``fold`` consecutive rows into the columns gives a
+    ``(fold k1) x (fold k2)`` product over ``n / fold`` rows (``fold`` times the
+    arithmetic, on a shape that streams at memory speed) whose diagonal blocks sum to
+    ``a^T b``. Measured on CPU for n = 401,408, K = 5: ``U^T v`` 5x faster with
+    ``fold=8``, ``U^T V`` 1.4x faster with ``fold=2``.
+    """
+    n, k1 = a.shape
+    k2 = b.shape[1]
+    if fold == 1 or n % fold or n < 64 * fold:
+        return a.T @ b
+    x = a.reshape(n // fold, fold * k1).T @ b.reshape(n // fold, fold * k2)
+    x = x.reshape(fold, k1, fold, k2)
+    return _sum([x[j, :, j, :] for j in range(fold)])
+
+
 def _rmatvec(factor: ArrayTree, v: ArrayTree) -> Array:
     """``U^T v`` in ``R^K`` for ``U`` stored per leaf as ``leaf.shape + (K,)``."""
-    return _sum_leaves(jax.tree.map(lambda u, x: jnp.tensordot(x, u, axes=jnp.ndim(x)), factor, v))
+
+    def leaf(u, x):
+        return _folded_gram(x.reshape(-1, 1), u.reshape(-1, u.shape[-1]), fold=8)[0]
+
+    return _sum_leaves(jax.tree.map(leaf, factor, v))
 
 
 # XLA:CPU runs contractions and reductions over a short minor axis (the K columns
@@ -314,7 +338,7 @@ def _gram(x: ArrayTree, y: ArrayTree) -> Array:
     """``X^T Y`` (``K1 x K2``) for two factors stored per leaf."""
 
     def leaf(a, b):
-        return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+        return _folded_gram(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), fold=2)
 
     return _sum_leaves(jax.tree.map(leaf, x, y))
 
@@ -427,17 +451,19 @@ def sample_noise(rng_key: PRNGKey, q: LowRankGaussian) -> tuple[ArrayTree, Array
     return z1, jax.random.normal(key_low, (k,), dtype)
 
 
-def reparameterize(q: LowRankGaussian, noise: tuple[ArrayTree, Array]) -> ArrayTree:
-    """``mu + sigma z1 / sqrt(2) + C z2 / sqrt(2 (K - 1))`` for ``noise = (z1, z2)``.
+def noise_offset(q: LowRankGaussian, noise: tuple[ArrayTree, Array]) -> ArrayTree:
+    """``sigma z1 / sqrt(2) + C z2 / sqrt(2 (K - 1))``: the draw's offset from the mean.
 
-    Differentiable in ``q`` (the reparameterisation trick); see :func:`sample_noise`.
+    ``reparameterize(q, noise)`` is ``q.mean + noise_offset(q, noise)``. Where only
+    the mean is trained, compute the offset once and reuse it for every gradient in
+    the mean (an ``O(PK)`` pass saved per gradient).
 
     Examples
     --------
     >>> import jax.numpy as jnp
     >>> q = LowRankGaussian(jnp.ones(2), jnp.zeros(2), jnp.array([[1.0, -1.0], [0.0, 0.0]]))
-    >>> reparameterize(q, (jnp.zeros(2), jnp.array([1.0, 0.0])))  # mu + C z2 / sqrt(2)
-    Array([1.7071068, 1.       ], dtype=float32)
+    >>> noise_offset(q, (jnp.zeros(2), jnp.array([1.0, 0.0])))  # C z2 / sqrt(2)
+    Array([0.70710677, 0.        ], dtype=float32)
     """
     k = rank(q)
     z1, z2 = noise
@@ -446,9 +472,23 @@ def reparameterize(q: LowRankGaussian, noise: tuple[ArrayTree, Array]) -> ArrayT
         raise ValueError(f"`noise[1]` must have shape ({k},) (K of q), got {jnp.shape(z2)}")
     low_rank = _matmul(q.deviations, z2 / math.sqrt(2.0 * (k - 1)))
     half = 1.0 / math.sqrt(2.0)
-    return jax.tree.map(
-        lambda m, ell, z, y: m + half * jnp.exp(ell) * z + y, q.mean, q.log_scale, z1, low_rank
-    )
+    return jax.tree.map(lambda ell, z, y: half * jnp.exp(ell) * z + y, q.log_scale, z1, low_rank)
+
+
+def reparameterize(q: LowRankGaussian, noise: tuple[ArrayTree, Array]) -> ArrayTree:
+    """``mu + sigma z1 / sqrt(2) + C z2 / sqrt(2 (K - 1))`` for ``noise = (z1, z2)``.
+
+    Differentiable in ``q`` (the reparameterisation trick); see :func:`sample_noise`
+    and :func:`noise_offset`.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> q = LowRankGaussian(jnp.ones(2), jnp.zeros(2), jnp.array([[1.0, -1.0], [0.0, 0.0]]))
+    >>> reparameterize(q, (jnp.zeros(2), jnp.array([1.0, 0.0])))  # mu + C z2 / sqrt(2)
+    Array([1.7071068, 1.       ], dtype=float32)
+    """
+    return jax.tree.map(jnp.add, q.mean, noise_offset(q, noise))
 
 
 def sample(rng_key: PRNGKey, q: LowRankGaussian) -> ArrayTree:

@@ -250,9 +250,14 @@ def build_kernel(
         raise TypeError(f"`draw` must be a callable draw(rng_key) or None, got {draw!r}")
     third = loss_takes_key or draw is not None
 
+    mean_only = train == ("mean",)
+
     def objective(trained: dict, q: LowRankGaussian, noise, extra, minibatch) -> jax.Array:
         q = q._replace(**trained)
-        w = lrg.reparameterize(q, noise)
+        if mean_only:  # noise is the draw's offset from the mean, computed once per step
+            w = jax.tree.map(jnp.add, q.mean, noise)
+        else:
+            w = lrg.reparameterize(q, noise)
         value = loss_fn(w, minibatch, extra) if third else loss_fn(w, minibatch)
         if kl_weight:
             value = value + kl_weight * lrg.kl_to_isotropic(q, prior_variance, prior_mean)
@@ -265,10 +270,12 @@ def build_kernel(
         q = state.q
         noise_key, loss_key = jax.random.split(rng_key)
         noise = lrg.sample_noise(noise_key, q)  # one draw, shared by both gradients
+        if mean_only:
+            noise = lrg.noise_offset(q, noise)
         extra = draw(loss_key) if draw is not None else loss_key  # likewise
         trained = {b: getattr(q, b) for b in train}
         loss, g = value_and_grad(trained, q, noise, extra, minibatch)
-        if train == ("mean",):  # F^{-1} restricted to the mean is Sigma: no other block
+        if mean_only:  # F^{-1} restricted to the mean is Sigma: no other block
             natural = lrg.cov_matvec(q, g["mean"])
             delta_mean, norm = _scale_to_ball(natural, _vdot(g["mean"], natural), rho)
             delta = {"mean": delta_mean}

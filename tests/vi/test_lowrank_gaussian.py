@@ -358,3 +358,40 @@ def test_validation_errors():
         lrg.reparameterize(q, (z1, jnp.zeros(4)))
     with pytest.raises(ValueError, match=r"noise\[0\]"):
         lrg.reparameterize(q, ({"a": z1["a"]}, z2))
+
+
+def test_large_leaves_match_dense_linear_algebra():
+    """Leaves long enough for the folded products (and one that is not), against dense.
+
+    ``U^T v`` and the Gram matrices fold rows into columns for leaves of at least
+    ``64 * fold`` rows (``fold`` 8 and 2); P = 1,581 with K = 5 covers both paths and
+    the fallback for a leaf whose length is not a multiple of the fold.
+    """
+    shapes = {"w": (64, 16), "u": (520,), "v": (37,)}
+    rng = np.random.default_rng(4)
+
+    def tree(extra=(), scale=1.0):
+        return {n: jnp.asarray(scale * rng.normal(size=s + extra)) for n, s in shapes.items()}
+
+    q = LowRankGaussian(tree(), tree(scale=0.3), tree((5,)))
+    mean, cov = lrg.to_dense(q)
+    v = tree()
+    np.testing.assert_allclose(ravel_pytree(lrg.cov_matvec(q, v))[0], cov @ flat(v), rtol=1e-10)
+    np.testing.assert_allclose(
+        ravel_pytree(lrg.precision_matvec(q, v))[0], np.linalg.solve(cov, flat(v)), rtol=1e-8
+    )
+    np.testing.assert_allclose(lrg.logdet(q), np.linalg.slogdet(cov)[1], rtol=1e-10)
+    _, unravel = ravel_pytree(q)
+    t = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape)), q)
+
+    def half_quadratic_form(t):  # t^T F t / 2, with dense Sigma and dSigma
+        prec = jnp.linalg.inv(cov)
+        d_sigma = jax.jvp(lambda q: lrg.to_dense(q)[1], (q,), (t,))[1]
+        d_mu = ravel_pytree(t.mean)[0]
+        x = prec @ d_sigma
+        return 0.5 * (d_mu @ prec @ d_mu + 0.5 * jnp.trace(x @ x))
+
+    expected = ravel_pytree(jax.grad(half_quadratic_form)(t))[0]
+    got = ravel_pytree(lrg.fisher_vp(q, t))[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10 * np.abs(expected).max())
+    assert unravel(got).deviations["w"].shape == (64, 16, 5)

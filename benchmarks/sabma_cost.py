@@ -8,7 +8,10 @@ The target (from the issue) is at most 2.2x an SGD step.
 
 Part 1, per-step time. On two MLPs with LayerNorm (``flatjax.nn.MLP(norm="layer")``,
 28x28 synthetic inputs, batch 128): the transfer scheme's 784-64-64-10 and a bigger
-784-512-512-10. Every variant runs ``S`` steps inside one jitted ``lax.scan`` (``S``
+784-512-512-10; and on the papers' network, a CIFAR ResNet-18 with filter response
+normalisation at width 16 (``flatjax.nn.ResNet18(norm="frn", width=16)``, 32x32x3
+synthetic inputs, batch 128, P = 702,666, about the bigger MLP's P but ~600x its
+arithmetic per step). Every variant runs ``S`` steps inside one jitted ``lax.scan`` (``S``
 per variant, so that every timed call lasts a similar time) and is timed in
 interleaved rounds: every round times every variant once, in a fresh random order,
 and per-step ratios are taken within a round (paired) before the median over
@@ -16,20 +19,24 @@ rounds. Variants, all with heavy-ball momentum ``optax.trace(0.9)``:
 
 - ``sgd``: :func:`flatjax.inference.optimizer.as_top_level_api`;
 - ``sam``: :func:`flatjax.optim.sam.as_top_level_api` (``variant="sam"``);
+- ``sgd_transfer``: SGD on the norm layers and the head with the backbone at its
+  mean, the step of the transfer pipeline's point-estimate baselines;
 - ``sabma_mean``: SA-BMA over the full parameter vector training only the mean
   (perturbation ``Sigma g`` by ``cov_matvec``);
 - ``sabma_diag``: all of ``q`` trained, ``fisher="diagonal"``;
 - ``sabma_exact20`` / ``sabma_exact5``: all of ``q`` trained, ``fisher="exact"`` (CG on
   the exact Fisher, ``cg_maxiter`` 20 / 5);
-- ``sabma_transfer`` (full run only, no target): SA-BMA as :mod:`flatjax.transfer`
-  runs it, ``q`` over the norm layers and the head only, the frozen backbone drawn
-  once per step from a source posterior (``draw=``), exact Fisher;
+- ``sabma_transfer`` (target): SA-BMA as :mod:`flatjax.transfer` runs it by default,
+  ``q`` over the norm layers and the head only, the frozen backbone drawn once per step
+  from a source posterior (``draw=``), exact Fisher;
 - ``sabma_transfer_mean`` / ``sabma_transfer_diag`` / ``sabma_transfer_mean_diag`` (full
   run only, no target): the same with the backbone at the source mean
   (``TransferConfig(backbone="mean")``), with the diagonal Fisher, and with both: what
   the per-step backbone draw and the CG loop cost in the transfer setting.
 
-``K = 5`` throughout.
+``K = 5`` throughout. The target (SA-BMA / SGD <= 2.2 per step, SGD over the whole
+network) is checked for the four whole-network variants and ``sabma_transfer`` on
+every model; transfer variants are also compared with ``sgd_transfer``.
 
 Part 2, memory. The compiled memory of ONE step (``jax.jit(step).lower(...)
 .compile().memory_analysis()``: temporaries, arguments, outputs) for MLPs
@@ -43,11 +50,7 @@ of ``q`` and in the mean only, the Fisher factors (the ``K x K`` Cholesky
 and the ``P x K`` products around it), the exact Fisher diagonal, one Fisher-vector
 product, the exact solve as the step does it (rotations of ``C`` projected out, then
 CG) with ``maxiter`` 1, 5 and 20 (and how many iterations CG actually runs),
-each kind of perturbation, and the optax update of ``q``. Pieces marked ``+patch``
-are traced with two private helpers of :mod:`flatjax.vi.lowrank_gaussian` replaced
-for the duration of the trace (``_matmul``: ``U @ X`` for a ``K x K`` ``X`` as ``K``
-fused column axpys; ``_gram``: ``U^T V`` on 2-D ``(-1, K)`` views), to measure what
-that library change would buy; the library itself is not modified.
+each kind of perturbation, and the optax update of ``q``.
 
 Synthetic data: this measures speed, not accuracy. Step sizes enter as traced
 arrays, as they do under a schedule.
@@ -57,8 +60,10 @@ Usage::
     python benchmarks/sabma_cost.py            # full run (~15 min on 2 busy cores)
     python benchmarks/sabma_cost.py --quick    # smoke run on a tiny MLP, < 1 min
 
-The quick run times sgd, sam, sabma_mean and sabma_exact5 on an MLP 784-16-10, takes
-the memory of sabma_mean at two widths and profiles only the SGD gradient.
+The quick run times sgd, sam, sabma_mean and sabma_exact5 on an MLP 784-16-10 and
+sgd, sgd_transfer and sabma_transfer on a tiny ResNet (width 4, one block per stage
+in two stages), takes the memory of sabma_mean at two widths and profiles only the
+SGD gradient.
 
 Writes ``benchmarks/results/sabma_cost{,_quick}.{json,md}``; ``--from-json PATH``
 re-renders the markdown of a stored result without measuring.
@@ -67,14 +72,13 @@ re-renders the markdown of a stored result without measuring.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -83,7 +87,7 @@ import numpy as np
 import optax
 
 from flatjax.inference import optimizer
-from flatjax.nn import MLP, masks
+from flatjax.nn import MLP, ResNet18, masks
 from flatjax.optim import sam as sam_lib
 from flatjax.transfer import SplitParams
 from flatjax.vi import lowrank_gaussian as lrg
@@ -109,6 +113,7 @@ DAMPING = 1e-3  # as flatjax.transfer
 VARIANCE = 1e-4  # initial diagonal variance of q; C starts at sqrt(VARIANCE) N(0, 1)
 TARGET = 2.2  # SA-BMA step / SGD step
 IMAGE = (28, 28)
+RESNET_IMAGE = (32, 32, 3)
 BATCH_SIZE = 128
 NUM_DATA = 2048
 
@@ -118,20 +123,22 @@ SABMA_VARIANTS: dict[str, dict[str, Any]] = {
     "sabma_exact20": {"fisher": "exact", "cg_maxiter": 20},
     "sabma_exact5": {"fisher": "exact", "cg_maxiter": 5},
 }
-TARGETED = tuple(SABMA_VARIANTS)
 TRANSFER_VARIANTS: dict[str, tuple[str, bool]] = {  # name: (fisher, backbone drawn)
     "sabma_transfer": ("exact", True),
     "sabma_transfer_mean": ("exact", False),
     "sabma_transfer_diag": ("diagonal", True),
     "sabma_transfer_mean_diag": ("diagonal", False),
 }
-ALL_VARIANTS = ("sgd", "sam", *SABMA_VARIANTS, *TRANSFER_VARIANTS)
+# targets: SA-BMA over the whole network, and as the transfer scheme runs it by default
+TARGETED = (*SABMA_VARIANTS, "sabma_transfer")
+ALL_VARIANTS = ("sgd", "sam", "sgd_transfer", *SABMA_VARIANTS, *TRANSFER_VARIANTS)
 
 # Steps per timed call, per model and variant (about 0.2-1 s per call on 2 cores).
 FULL_STEPS = {
     "mlp64": {
         "sgd": 200,
         "sam": 100,
+        "sgd_transfer": 200,
         "sabma_mean": 40,
         "sabma_diag": 20,
         "sabma_exact20": 4,
@@ -144,6 +151,7 @@ FULL_STEPS = {
     "mlp512": {
         "sgd": 30,
         "sam": 15,
+        "sgd_transfer": 30,
         "sabma_mean": 6,
         "sabma_diag": 3,
         "sabma_exact20": 1,
@@ -154,7 +162,23 @@ FULL_STEPS = {
         "sabma_transfer_mean_diag": 15,
     },
 }
-QUICK_STEPS = {"mlp16": {"sgd": 20, "sam": 10, "sabma_mean": 5, "sabma_exact5": 2}}
+FULL_STEPS["resnet16"] = {  # about 1-2.5 s per call
+    "sgd": 2,
+    "sam": 1,
+    "sgd_transfer": 2,
+    "sabma_mean": 1,
+    "sabma_diag": 1,
+    "sabma_exact20": 1,
+    "sabma_exact5": 1,
+    "sabma_transfer": 1,
+    "sabma_transfer_mean": 1,
+    "sabma_transfer_diag": 1,
+    "sabma_transfer_mean_diag": 1,
+}
+QUICK_STEPS = {
+    "mlp16": {"sgd": 20, "sam": 10, "sabma_mean": 5, "sabma_exact5": 2},
+    "resnet4": {"sgd": 2, "sgd_transfer": 2, "sabma_transfer": 2},
+}
 PIECES = (
     "carry",
     "sgd_grad",
@@ -173,19 +197,15 @@ PIECES = (
     "perturb_exact5",
     "perturb_exact20",
     "update",
-    "fisher_factors+patch",
-    "fisher_vp+patch",
-    "cg_20+patch",
-    "perturb_exact20+patch",
 )
 HEAVY_PIECES = ("fisher_vp", "cg_", "perturb_exact")  # prefixes timed with fewer steps
 
 
 class Problem(NamedTuple):
-    """An MLP, its parameters, its mean cross-entropy and a synthetic training set."""
+    """A network, its parameters, its mean cross-entropy and a synthetic training set."""
 
     name: str
-    features: tuple[int, ...]
+    description: str
     params: Any
     loss: Callable
     data: tuple[jax.Array, jax.Array]
@@ -197,10 +217,31 @@ def make_problem(name: str, features: Sequence[int], num_data: int = NUM_DATA) -
 
     Data and initial values come from NumPy (no XLA programs to compile for them).
     """
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((num_data, *IMAGE), dtype=np.float32))
-    y = jnp.asarray(rng.integers(0, 10, num_data, dtype=np.int32))
     model = MLP(tuple(features), 10, norm="layer")
+    description = f"MLP 784-{'-'.join(map(str, features))}-10 with LayerNorm"
+    return _problem(name, description, model, IMAGE, num_data)
+
+
+def make_resnet_problem(
+    name: str, width: int, stage_sizes: Sequence[int] = (2, 2, 2, 2), num_data: int = NUM_DATA
+) -> Problem:
+    """Gaussian 32x32x3 inputs, ``ResNet18(norm="frn", width=width)``: the papers' network.
+
+    A convolutional network does far more arithmetic per parameter than an MLP (every
+    weight is used at every pixel), so the ``O(P)`` draws and ``O(P K)`` algebra of
+    SA-BMA weigh much less next to its gradients. Filter response normalisation is
+    stateless (no batch statistics), so the step is the same function as for the MLPs.
+    """
+    model = ResNet18(10, norm="frn", width=width, stage_sizes=tuple(stage_sizes))
+    blocks = "-".join(map(str, stage_sizes))
+    description = f"ResNet-18 (FRN, width {width}, blocks {blocks}) on 32x32x3"
+    return _problem(name, description, model, RESNET_IMAGE, num_data)
+
+
+def _problem(name: str, description: str, model: Any, image: tuple, num_data: int) -> Problem:
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((num_data, *image), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 10, num_data, dtype=np.int32))
     params = jax.jit(model.init)(jax.random.key(0), x[:1])["params"]
 
     def loss(w: Any, batch: tuple[jax.Array, jax.Array]) -> jax.Array:
@@ -209,7 +250,7 @@ def make_problem(name: str, features: Sequence[int], num_data: int = NUM_DATA) -
         return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
     num_params = int(sum(a.size for a in jax.tree.leaves(params)))
-    return Problem(name, tuple(features), params, loss, (x, y), num_params)
+    return Problem(name, description, params, loss, (x, y), num_params)
 
 
 def initial_q(params: Any, seed: int = 1) -> lrg.LowRankGaussian:
@@ -263,6 +304,14 @@ def variants(problem: Problem, names: Sequence[str]) -> dict[str, tuple[Callable
         elif name == "sam":
             kernel = sam_lib.as_top_level_api(grad_estimator, RHO_SAM, "sam", direction)
             state = jax.jit(kernel.init)(problem.params)
+        elif name == "sgd_transfer":  # the transfer baselines' step: norm + head, mean backbone
+            q_t, loss_t, _, backbone_mean = transfer_setup(problem)
+
+            def grad_t(p, batch, loss_t=loss_t, b=backbone_mean):
+                return jax.tree.map(jnp.negative, jax.grad(loss_t)(p, batch, b))
+
+            kernel = optimizer.as_top_level_api(grad_t, direction)
+            state = jax.jit(kernel.init)(q_t.mean)
         elif name in TRANSFER_VARIANTS:
             fisher, drawn = TRANSFER_VARIANTS[name]
             q_t, loss_t, draw, backbone_mean = transfer_setup(problem)
@@ -336,8 +385,10 @@ def per_step_benchmark(
     ratios = []
     for problem in problems:
         for name in num_steps[problem.name]:
-            for den in ("sgd", "sam"):
+            for den in ("sgd", "sam", "sgd_transfer"):
                 if name in ("sgd", den) or den not in num_steps[problem.name]:
+                    continue
+                if den == "sgd_transfer" and name not in TRANSFER_VARIANTS:
                     continue
                 r = paired(wall, cpu, steps_of, f"{problem.name}/{name}", f"{problem.name}/{den}")
                 target = TARGET if den == "sgd" and name in TARGETED else None
@@ -423,32 +474,6 @@ def linear_fit(rows: list[dict], variant: str) -> dict:
 # --------------------------------------------------------------------------- part 3
 
 
-def _matmul_unrolled(factor: Any, x: jax.Array) -> Any:
-    """``U x`` as ``K`` column axpys (one fused elementwise pass), for ``x`` 1-D or 2-D."""
-    if jnp.ndim(x) == 1:
-        return jax.tree.map(lambda u: sum(u[..., k] * x[k] for k in range(x.shape[0])), factor)
-    return jax.tree.map(lambda u: sum(u[..., k : k + 1] * x[k] for k in range(x.shape[0])), factor)
-
-
-def _gram_2d(x: Any, y: Any) -> jax.Array:
-    """``X^T Y`` leaf by leaf on free 2-D ``(-1, K)`` views (one plain dot per leaf)."""
-    grams = jax.tree.map(
-        lambda a, b: a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1]), x, y
-    )
-    return sum(jax.tree.leaves(grams))
-
-
-@contextlib.contextmanager
-def patched_helpers() -> Iterator[None]:
-    """Trace with ``lrg._matmul`` / ``lrg._gram`` replaced (a proposed library change)."""
-    saved = lrg._matmul, lrg._gram
-    lrg._matmul, lrg._gram = _matmul_unrolled, _gram_2d
-    try:
-        yield
-    finally:
-        lrg._matmul, lrg._gram = saved
-
-
 def exact_solve(q: lrg.LowRankGaussian, g: lrg.LowRankGaussian, maxiter: int) -> Any:
     """``F^{-1} g`` exactly as SA-BMA's exact-Fisher step solves it (same damping).
 
@@ -465,7 +490,6 @@ def piece_function(name: str, problem: Problem, g0: lrg.LowRankGaussian) -> Call
     ``g0`` is a fixed gradient in ``q`` (the right-hand side of the solves).
     """
     direction = optax.trace(MOMENTUM)
-    name = name.removesuffix("+patch")
 
     def objective(q, noise, batch):  # as in flatjax.vi.sabma.build_kernel
         return problem.loss(lrg.reparameterize(q, noise), batch)
@@ -561,25 +585,6 @@ def cg_iterations(q: lrg.LowRankGaussian, g: lrg.LowRankGaussian, maxiter: int) 
     return len(calls)
 
 
-def patch_error(q: lrg.LowRankGaussian, g: lrg.LowRankGaussian) -> dict[str, float]:
-    """Max relative difference of the patched helpers' results from the library's."""
-
-    def rel(a, b) -> float:
-        num = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(a, b, strict=True))
-        return num / max(float(jnp.max(jnp.abs(y))) for y in b)
-
-    out = {}
-    for name, fn in (
-        ("fisher_vp", lambda q, g: lrg.fisher_vp(q, g)),
-        ("exact_solve_20", lambda q, g: exact_solve(q, g, 20)),
-    ):
-        ref = jax.tree.leaves(jax.jit(fn)(q, g))
-        with patched_helpers():
-            new = jax.tree.leaves(jax.jit(lambda q, g, fn=fn: fn(q, g))(q, g))
-        out[name] = rel(new, ref)
-    return out
-
-
 def profile_benchmark(problem: Problem, pieces: Sequence[str], num_steps: int, rounds: int) -> dict:
     """Per-piece times (ms) and their paired ratios to the SGD gradient."""
     q0 = initial_q(problem.params)
@@ -595,8 +600,7 @@ def profile_benchmark(problem: Problem, pieces: Sequence[str], num_steps: int, r
         steps[name] = max(1, num_steps // 5) if heavy else num_steps
         keys, idx, _ = step_inputs(steps[name], 6, problem.data[1].shape[0])
         fn = piece_function(name, problem, g0)
-        with patched_helpers() if name.endswith("+patch") else contextlib.nullcontext():
-            cases[name], hlo[name] = compiled(scan_piece(fn), q0, keys, idx, problem.data)
+        cases[name], hlo[name] = compiled(scan_piece(fn), q0, keys, idx, problem.data)
         print(f"  piece {name}: {hlo[name]}", file=sys.stderr, flush=True)
     wall, cpu = measure(cases, rounds, seed=7, label="profile")
     ms = {n: summary([1e3 * t / steps[n] for t in ts]) for n, ts in wall.items()}
@@ -612,13 +616,6 @@ def profile_benchmark(problem: Problem, pieces: Sequence[str], num_steps: int, r
         "seconds_per_call": wall,
         "cpu_seconds_per_call": cpu,
     }
-    if any(n.endswith("+patch") for n in pieces):
-        out["patch_max_rel_error"] = patch_error(q0, g0)
-        out["patch_speedup"] = {
-            n: paired(wall, cpu, steps, n.removesuffix("+patch"), n)
-            for n in pieces
-            if n.endswith("+patch") and n.removesuffix("+patch") in cases
-        }
     if all(f"cg_{m}" in cases for m in (1, 5, 20)):
         out["cg_iterations"] = its = {str(m): cg_iterations(q0, g0, m) for m in (1, 5, 20)}
         it = its["5"] - its["1"]
@@ -641,6 +638,31 @@ def _ratio(result: dict, model: str, variant: str, versus: str = "sgd") -> dict 
     return None
 
 
+def _ratio_table(result: dict, title: str, text: str, names: list, versus: str) -> list[str]:
+    """A section with the paired ratios ``name / versus`` of every model."""
+    models = list(result["per_step"]["num_steps"])
+    out = ["", f"## {title}", ""] + ([text, ""] if text else [])
+    out += [
+        "| variant | " + " | ".join(f"{m} / {versus}" for m in models) + " |",
+        "|---|" + "---:|" * len(models),
+    ]
+    for name in names:
+        cells = [_fmt(_ratio(result, m, name, versus)) for m in models]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _model_descriptions(result: dict) -> dict[str, str]:
+    """``{model: description}``, also for results stored before ResNets were measured."""
+    settings = result["settings"]
+    if "models" in settings:
+        return settings["models"]
+    return {
+        m: f"MLP 784-{'-'.join(map(str, f))}-10 with LayerNorm"
+        for m, f in settings["features"].items()
+    }
+
+
 def _fmt(r: dict | None) -> str:
     return "" if r is None else f"{r['median']:.2f} [{r['q25']:.2f}, {r['q75']:.2f}]"
 
@@ -661,10 +683,7 @@ def markdown(result: dict) -> str:
         f"Paired rounds: {result['rounds']}; medians over rounds, IQR = q75 - q25. "
         f"K = {K}, batch {BATCH_SIZE}, momentum {MOMENTUM}, SA-BMA damping {DAMPING}. "
         "Models: "
-        + ", ".join(
-            f"{m} = MLP 784-{'-'.join(map(str, f))}-10 with LayerNorm (P = {sizes[m]:,})"
-            for m, f in result["settings"]["features"].items()
-        )
+        + ", ".join(f"{m} = {d} (P = {sizes[m]:,})" for m, d in _model_descriptions(result).items())
         + ".",
         "",
         "## Time per step and ratio to SGD",
@@ -688,17 +707,24 @@ def markdown(result: dict) -> str:
             r = _ratio(result, m, name)
             cells += ["1", "1"] if r is None else [_fmt(r), f"{r['cpu_time']['median']:.2f}"]
         out.append(f"| {name} | " + " | ".join(cells) + " |")
-    out += [
+    out += _ratio_table(
+        result,
+        "Ratio to SAM (the other two-gradient method)",
         "",
-        "## Ratio to SAM (the other two-gradient method)",
-        "",
-        "| variant | " + " | ".join(f"{m} / sam" for m in models) + " |",
-        "|---|" + "---:|" * len(models),
-    ]
-    for name in names:
-        if name not in ("sgd", "sam"):
-            cells = [_fmt(_ratio(result, m, name, "sam")) for m in models]
-            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        [n for n in names if n not in ("sgd", "sam", "sgd_transfer")],
+        "sam",
+    )
+    transfer = [n for n in names if n in TRANSFER_VARIANTS]
+    if any(_ratio(result, m, n, "sgd_transfer") for m in models for n in transfer):
+        out += _ratio_table(
+            result,
+            "Transfer setting: ratio to the transfer baselines' SGD step",
+            "`sgd_transfer` trains the norm layers and the head with the backbone at its "
+            "mean, as the point-estimate baselines of :mod:`flatjax.transfer` do (no "
+            "gradient of the backbone's weights, so it is cheaper than `sgd`).",
+            transfer,
+            "sgd_transfer",
+        )
     out += ["", "## Targets", ""]
     for t in result["targets"]:
         out.append(f"- {t['what']}: {t['value']} -> {'holds' if t['holds'] else '**fails**'}")
@@ -776,13 +802,6 @@ def profile_markdown(prof: dict) -> list[str]:
             f"One CG iteration ((cg_5 - cg_1) / extra iterations) = {it['median']:.2f} SGD "
             f"gradients [{it['q25']:.2f}, {it['q75']:.2f}]."
         )
-    if "patch_speedup" in prof:
-        cells = ", ".join(f"{n}: {_fmt(r)}" for n, r in prof["patch_speedup"].items())
-        errs = ", ".join(f"{n} {v:.1e}" for n, v in prof["patch_max_rel_error"].items())
-        out.append(
-            f"Speed-up of the patched helpers (library / patched, paired): {cells}. "
-            f"Max relative difference of the results: {errs}."
-        )
     return out
 
 
@@ -825,12 +844,13 @@ def analysis(result: dict) -> list[str]:
         r = _ratio(result, model, variant, versus)
         return "n/a" if r is None else f"{r['median']:.2f}"
 
-    if not all(n in g for n in PIECES if not n.endswith("+patch")):
+    if not all(n in g for n in PIECES):
         return [
             "## Where the time goes",
             "",
             "This run profiled only some pieces; the full run (`python "
             "benchmarks/sabma_cost.py`) profiles them all and explains the cost.",
+            *per_model_text(result),
         ]
     its = prof["cg_iterations"]
     it = prof.get("cg_iteration_per_sgd_grad", {}).get("median")
@@ -879,9 +899,11 @@ def analysis(result: dict) -> list[str]:
         f"{ratio('sabma_transfer')} SGD steps; backbone at its mean "
         f"{ratio('sabma_transfer_mean')}; diagonal Fisher {ratio('sabma_transfer_diag')}; "
         f"both {ratio('sabma_transfer_mean_diag')}. The gap between the first two is the "
-        "per-step draw of the P-dimensional backbone; between exact and diagonal, the CG "
-        "loop, whose small per-iteration ops cost fixed overhead on CPU.",
+        "per-step draw of the P-dimensional backbone (P normal numbers, about an SGD "
+        "gradient of this MLP); between exact and diagonal, the CG loop, whose small "
+        "per-iteration ops cost fixed overhead on CPU (a few microseconds each).",
     ]
+    out += per_model_text(result)
     budget = {
         "sabma_mean": "perturb_mean",
         "sabma_diag": "perturb_diag",
@@ -924,28 +946,38 @@ def analysis(result: dict) -> list[str]:
                 f"Fisher-vector product {max(net['fisher_vp'], 0.0) / sgd_ms:.1f}, so neither "
                 "fits in 2.2x on this machine whatever the number of CG iterations.",
             ]
-    if "patch_speedup" in prof:
-        sp = {n.removesuffix("+patch"): r["median"] for n, r in prof["patch_speedup"].items()}
-        err = prof["patch_max_rel_error"]
-        out += [
-            "",
-            "**A helper-level rewrite does not help.** C is stored as `leaf.shape + (K,)` "
-            "with K = 5 as the minor axis. Outside any loop, a (P, 5) @ (5, 5) product ran "
-            "several times slower than the same product as 5 fused column axpys in a separate "
-            "check (not part of this script), so the pieces were also traced with `_matmul` "
-            "as K axpys and `_gram` as one 2-D dot per leaf (`patched_helpers`). Inside the "
-            "scan: library / patched = "
-            + ", ".join(f"{n} {v:.2f}x" for n, v in sp.items())
-            + " (below 1 = the patch is slower), so this is not the fix. Maximum difference "
-            "of the results (max abs difference / max abs value): "
-            + ", ".join(f"{n} {v:.1e}" for n, v in err.items())
-            + (
-                ": the same results up to float32 round-off (the CG solve amplifies it)."
-                if max(err.values()) < 1e-3
-                else ". The CG solution changes visibly with the order of the float32 sums "
-                "alone: the damped solve amplifies round-off to that level."
-            ),
-        ]
+    return out
+
+
+def per_model_text(result: dict) -> list[str]:
+    """The targeted ratios side by side on every model, with each model's SGD step."""
+    part1 = result["per_step"]
+    models = list(part1["num_steps"])
+    names = [n for n in TARGETED if any(_ratio(result, m, n) for m in models)]
+    if len(models) < 2 or not names:
+        return []
+    descriptions = _model_descriptions(result)
+    sizes = result["settings"]["num_params"]
+    out = [
+        "",
+        "**Per model.** SA-BMA's extra work is O(P) draws and O(P K) (O(P K^2) per "
+        "Fisher product) passes over memory; a gradient costs O(batch x arithmetic per "
+        "parameter). An MLP uses each weight once per example, a convolution at every "
+        "pixel, so the same extra work weighs far less next to a ResNet's gradients:",
+        "",
+        "| model | P | SGD step (ms) | " + " | ".join(f"{n} / sgd" for n in names) + " |",
+        "|---|---:|---:|" + "---:|" * len(names),
+    ]
+    for m in models:
+        sgd = part1["ms_per_step"].get(f"{m}/sgd")
+        cells = [_fmt(_ratio(result, m, n)) or "n/a" for n in names]
+        out.append(
+            f"| {m} ({descriptions[m]}) | {sizes[m]:,} | "
+            + ("n/a" if sgd is None else f"{sgd['median']:.1f}")
+            + " | "
+            + " | ".join(cells)
+            + " |"
+        )
     return out
 
 
@@ -1004,13 +1036,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     start = time.perf_counter()
 
     if quick:  # a smoke test: one tiny model, the cheapest SA-BMA variants, few pieces
-        problems = [make_problem("mlp16", (16,), num_data=512)]
+        problems = [
+            make_problem("mlp16", (16,), num_data=512),
+            make_resnet_problem("resnet4", 4, (1, 1), num_data=512),
+        ]
         num_steps = QUICK_STEPS
         memory_widths, memory_names, depth = (16, 32), ("sabma_mean",), 1
         profile_problem, pieces, profile_steps = problems[0], ("carry", "sgd_grad"), 3
         profile_rounds = rounds
     else:
-        problems = [make_problem("mlp64", (64, 64)), make_problem("mlp512", (512, 512))]
+        problems = [
+            make_problem("mlp64", (64, 64)),
+            make_problem("mlp512", (512, 512)),
+            make_resnet_problem("resnet16", 16),
+        ]
         num_steps = FULL_STEPS
         memory_widths = (64, 256, 1024)
         memory_names = ("sgd", "sam", "sabma_mean", "sabma_diag", "sabma_exact20")
@@ -1040,7 +1079,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "initial_variance": VARIANCE,
             "batch_size": BATCH_SIZE,
             "num_data": {p.name: int(p.data[1].shape[0]) for p in problems},
-            "features": {p.name: list(p.features) for p in problems},
+            "models": {p.name: p.description for p in problems},
             "num_params": {p.name: p.num_params for p in problems},
         },
         "per_step": part1,

@@ -49,3 +49,23 @@ def test_classification_smoke_scores_both_ood_sets(tmp_path):
     grads = {k: v["stats"]["gradient_evaluations_per_chain"]["mean"] for k, v in methods.items()}
     assert grads["sam"] == grads["swag"] == grads["emcmc (theta)"]
     assert (tmp_path / "classification_quick.md").exists()
+
+
+@pytest.mark.slow
+def test_sabma_cost_smoke_times_the_mlp_and_the_resnet_transfer_step(tmp_path):
+    subprocess.run(
+        [sys.executable, "benchmarks/sabma_cost.py", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    result = json.loads((tmp_path / "sabma_cost_quick.json").read_text())
+    ratios = {(r["model"], r["variant"], r["versus"]): r for r in result["per_step"]["ratios"]}
+    assert ("resnet4", "sabma_transfer", "sgd_transfer") in ratios
+    transfer = ratios[("resnet4", "sabma_transfer", "sgd")]
+    assert transfer["target"] == 2.2 and transfer["median"] > 0
+    targeted = {t["what"].split(" / ")[0] for t in result["targets"] if " / sgd" in t["what"]}
+    assert {"sabma_mean", "sabma_exact5", "sabma_transfer"} <= targeted
+    text = (tmp_path / "sabma_cost_quick.md").read_text()
+    assert "**Per model.**" in text and "resnet4 (ResNet-18 (FRN" in text

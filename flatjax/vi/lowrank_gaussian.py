@@ -306,7 +306,8 @@ def _rmatvec(factor: ArrayTree, v: ArrayTree) -> Array:
 # of a factor leaf) as scalar loops, several times slower than one pass over the
 # data (measured: U @ X for a K x K X 6x, sum over K 3x, X^T Y as an N-d tensordot
 # 6x slower than the forms below). Hence: products with a K x K matrix and sums over
-# K as K (or K^2) fused column axpys, Gram matrices as one 2-D dot per leaf.
+# K as K (or K^2) fused column axpys, Gram matrices as row-folded 2-D products
+# (:func:`_folded_gram`), and sums over leaves as one product (:func:`_sum_leaves`).
 
 
 def _columns(u: Array) -> list[Array]:

@@ -78,7 +78,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -642,29 +642,20 @@ def _ratio_table(result: dict, title: str, text: str, names: list, versus: str) 
     """A section with the paired ratios ``name / versus`` of every model."""
     models = list(result["per_step"]["num_steps"])
     out = ["", f"## {title}", ""] + ([text, ""] if text else [])
-    out += [
-        "| variant | " + " | ".join(f"{m} / {versus}" for m in models) + " |",
-        "|---|" + "---:|" * len(models),
-    ]
-    for name in names:
-        cells = [_fmt(_ratio(result, m, name, versus)) for m in models]
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
-    return out
-
-
-def _model_descriptions(result: dict) -> dict[str, str]:
-    """``{model: description}``, also for results stored before ResNets were measured."""
-    settings = result["settings"]
-    if "models" in settings:
-        return settings["models"]
-    return {
-        m: f"MLP 784-{'-'.join(map(str, f))}-10 with LayerNorm"
-        for m, f in settings["features"].items()
-    }
+    return out + _table(
+        ["variant", *(f"{m} / {versus}" for m in models)],
+        ([name, *(_fmt(_ratio(result, m, name, versus)) for m in models)] for name in names),
+    )
 
 
 def _fmt(r: dict | None) -> str:
     return "" if r is None else f"{r['median']:.2f} [{r['q25']:.2f}, {r['q75']:.2f}]"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A markdown table: the first column left-aligned, the others right-aligned."""
+    row = lambda cells: "| " + " | ".join(cells) + " |"
+    return [row(header), "|---|" + "---:|" * (len(header) - 1), *map(row, rows)]
 
 
 def markdown(result: dict) -> str:
@@ -683,7 +674,9 @@ def markdown(result: dict) -> str:
         f"Paired rounds: {result['rounds']}; medians over rounds, IQR = q75 - q25. "
         f"K = {K}, batch {BATCH_SIZE}, momentum {MOMENTUM}, SA-BMA damping {DAMPING}. "
         "Models: "
-        + ", ".join(f"{m} = {d} (P = {sizes[m]:,})" for m, d in _model_descriptions(result).items())
+        + ", ".join(
+            f"{m} = {d} (P = {sizes[m]:,})" for m, d in result["settings"]["models"].items()
+        )
         + ".",
         "",
         "## Time per step and ratio to SGD",
@@ -692,21 +685,21 @@ def markdown(result: dict) -> str:
         "rounds of the paired per-step ratio variant / sgd of wall-clock times [q25, q75]; "
         "CPU = the same ratio of the process's CPU times.",
         "",
-        "| variant | " + " | ".join(f"{m} ms (S) | {m} / sgd | CPU" for m in models) + " |",
-        "|---|" + "---:|---:|---:|" * len(models),
     ]
+
+    def step_cells(m: str, name: str) -> list[str]:
+        s = part1["ms_per_step"].get(f"{m}/{name}")
+        if s is None:
+            return ["", "", ""]
+        r = _ratio(result, m, name)
+        ratios = ["1", "1"] if r is None else [_fmt(r), f"{r['cpu_time']['median']:.2f}"]
+        return [f"{s['median']:.2f} ({part1['num_steps'][m][name]})", *ratios]
+
     names = list(dict.fromkeys(c.split("/", 1)[1] for c in part1["ms_per_step"]))
-    for name in names:
-        cells = []
-        for m in models:
-            s = part1["ms_per_step"].get(f"{m}/{name}")
-            if s is None:
-                cells += ["", "", ""]
-                continue
-            cells.append(f"{s['median']:.2f} ({part1['num_steps'][m][name]})")
-            r = _ratio(result, m, name)
-            cells += ["1", "1"] if r is None else [_fmt(r), f"{r['cpu_time']['median']:.2f}"]
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += _table(
+        ["variant", *(h for m in models for h in (f"{m} ms (S)", f"{m} / sgd", "CPU"))],
+        ([name, *(c for m in models for c in step_cells(m, name))] for name in names),
+    )
     out += _ratio_table(
         result,
         "Ratio to SAM (the other two-gradient method)",
@@ -740,30 +733,37 @@ def markdown(result: dict) -> str:
         "sabma_exact5 compiles to the same buffers as sabma_exact20 (only the loop bound "
         "differs).",
         "",
-        "| variant | " + " | ".join(f"P = {p:,}" for p in msizes) + " |",
-        "|---|" + "---:|" * len(msizes),
     ]
-    for name in dict.fromkeys(r["variant"] for r in mem):
-        cells = []
-        for p in msizes:
-            r = next(r for r in mem if r["variant"] == name and r["num_params"] == p)
-            mib = r["temp_bytes"] / 2**20
-            cells.append(f"{mib:.1f} / {r['temp_per_pk4']:.2f} / {r['total_per_pk4']:.2f}")
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    memory = {(r["variant"], r["num_params"]): r for r in mem}
+    cell = lambda r: (
+        f"{r['temp_bytes'] / 2**20:.1f} / {r['temp_per_pk4']:.2f} / {r['total_per_pk4']:.2f}"
+    )
+    out += _table(
+        ["variant", *(f"P = {p:,}" for p in msizes)],
+        (
+            [name, *(cell(memory[name, p]) for p in msizes)]
+            for name in dict.fromkeys(r["variant"] for r in mem)
+        ),
+    )
     out += [
         "",
         "Least-squares fit temp = a + b P over the sizes, b in units of 4 K bytes per "
         "parameter (a P x P matrix would grow as 4 P^2 bytes: "
         f"{4 * max(msizes) ** 2 / 2**30:,.0f} GiB at the largest P):",
         "",
-        "| variant | a (MiB) | b / (4 K) | max relative residual |",
-        "|---|---:|---:|---:|",
     ]
-    for f in result["memory_fit"]:
-        out.append(
-            f"| {f['variant']} | {f['intercept_bytes'] / 2**20:.2f} | {f['slope_per_4k']:.2f} | "
-            f"{f['max_rel_residual']:.3f} |"
-        )
+    out += _table(
+        ["variant", "a (MiB)", "b / (4 K)", "max relative residual"],
+        (
+            [
+                f["variant"],
+                f"{f['intercept_bytes'] / 2**20:.2f}",
+                f"{f['slope_per_4k']:.2f}",
+                f"{f['max_rel_residual']:.3f}",
+            ]
+            for f in result["memory_fit"]
+        ),
+    )
     out += ["", *profile_markdown(result["profile"]), "", *analysis(result), ""]
     return "\n".join(out)
 
@@ -778,17 +778,21 @@ def profile_markdown(prof: dict) -> list[str]:
         "(the SGD step's gradient). HLO: while loops / fusions / dots / transposes + copies "
         "in the compiled scan.",
         "",
-        "| piece | ms (S) | / sgd_grad [q25, q75] | HLO |",
-        "|---|---:|---:|---:|",
     ]
-    for name, s in prof["ms_per_call"].items():
-        r = prof["per_sgd_grad"].get(name)
-        h = prof["hlo"][name]
-        out.append(
-            f"| {name} | {s['median']:.2f} ({prof['steps'][name]}) | "
-            f"{'1' if r is None else _fmt(r)} | {h['whiles']} / {h['fusions']} / {h['dots']} / "
-            f"{h['transposes'] + h['copys']} |"
-        )
+
+    def piece_row(name: str, s: dict) -> list[str]:
+        r, h = prof["per_sgd_grad"].get(name), prof["hlo"][name]
+        return [
+            name,
+            f"{s['median']:.2f} ({prof['steps'][name]})",
+            "1" if r is None else _fmt(r),
+            f"{h['whiles']} / {h['fusions']} / {h['dots']} / {h['transposes'] + h['copys']}",
+        ]
+
+    out += _table(
+        ["piece", "ms (S)", "/ sgd_grad [q25, q75]", "HLO"],
+        (piece_row(name, s) for name, s in prof["ms_per_call"].items()),
+    )
     its = prof["cg_iterations"]
     if its:
         out += [
@@ -917,20 +921,22 @@ def analysis(result: dict) -> list[str]:
             "Pieces net of the harness (piece - `carry`, ms; a gradient = draw + gradient - "
             "draw), their sum, and the measured step (Part 1, same model):",
             "",
-            "| variant | draw | 2 x gradient | perturbation | update | sum | measured step |",
-            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         draw = net["sample"]
-        for variant, piece in budget.items():
+
+        def budget_row(variant: str, piece: str) -> list[str]:
             grad = net["mean_grad" if variant == "sabma_mean" else "objective_grad"] - draw
             total = draw + 2 * grad + net[piece] + net["update"]
             measured = steps.get(f"{model}/{variant}", {}).get("median")
-            out.append(
-                f"| {variant} | {draw:.1f} | {2 * grad:.1f} | {net[piece]:.1f} | "
-                f"{net['update']:.1f} | {total:.1f} | "
-                + ("n/a" if measured is None else f"{measured:.1f}")
-                + " |"
-            )
+            parts = (draw, 2 * grad, net[piece], net["update"], total)
+            return [variant, *(f"{x:.1f}" for x in parts)] + [
+                "n/a" if measured is None else f"{measured:.1f}"
+            ]
+
+        out += _table(
+            ["variant", "draw", "2 x gradient", "perturbation", "update", "sum", "measured step"],
+            (budget_row(v, piece) for v, piece in budget.items()),
+        )
         if sgd_ms:
             mean_grad = net["mean_grad"] - draw
             floor_mean = draw + 2 * mean_grad + net["perturb_mean"] + net["update"]
@@ -956,7 +962,7 @@ def per_model_text(result: dict) -> list[str]:
     names = [n for n in TARGETED if any(_ratio(result, m, n) for m in models)]
     if len(models) < 2 or not names:
         return []
-    descriptions = _model_descriptions(result)
+    descriptions = result["settings"]["models"]
     sizes = result["settings"]["num_params"]
     out = [
         "",
@@ -965,20 +971,20 @@ def per_model_text(result: dict) -> list[str]:
         "parameter). An MLP uses each weight once per example, a convolution at every "
         "pixel, so the same extra work weighs far less next to a ResNet's gradients:",
         "",
-        "| model | P | SGD step (ms) | " + " | ".join(f"{n} / sgd" for n in names) + " |",
-        "|---|---:|---:|" + "---:|" * len(names),
     ]
-    for m in models:
+
+    def model_row(m: str) -> list[str]:
         sgd = part1["ms_per_step"].get(f"{m}/sgd")
-        cells = [_fmt(_ratio(result, m, n)) or "n/a" for n in names]
-        out.append(
-            f"| {m} ({descriptions[m]}) | {sizes[m]:,} | "
-            + ("n/a" if sgd is None else f"{sgd['median']:.1f}")
-            + " | "
-            + " | ".join(cells)
-            + " |"
-        )
-    return out
+        return [
+            f"{m} ({descriptions[m]})",
+            f"{sizes[m]:,}",
+            "n/a" if sgd is None else f"{sgd['median']:.1f}",
+            *(_fmt(_ratio(result, m, n)) or "n/a" for n in names),
+        ]
+
+    return out + _table(
+        ["model", "P", "SGD step (ms)", *(f"{n} / sgd" for n in names)], map(model_row, models)
+    )
 
 
 def targets(result: dict) -> list[dict]:

@@ -40,7 +40,6 @@ trace time.
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import operator
 from collections.abc import Callable
@@ -945,11 +944,10 @@ def fisher_solve(
     maxiter = check_positive_int("maxiter", maxiter)
     if project_rotations:
         g = project_out_rotations(q, g)
-    like = q
-    flatten = len(jax.tree.leaves(q.mean)) > 1 and _num_entries(q.deviations) <= _FLATTEN_MAX
-    if flatten:
-        q, g = _flatten(q), _flatten(g)
-        x0 = None if x0 is None else _flatten(x0)
+    unflatten = None
+    if len(jax.tree.leaves(q.mean)) > 1 and _num_entries(q.deviations) <= _FLATTEN_MAX:
+        (q, unflatten), g = _flatten(q), _flatten(g)[0]
+        x0 = None if x0 is None else _flatten(x0)[0]
     ff = _fisher_factors(q)
     zeros_mean = jax.tree.map(jnp.zeros_like, q.mean)
     diag = _fisher_diagonal(ff)
@@ -974,8 +972,8 @@ def fisher_solve(
     x, r = _pcg(matvec, b, preconditioner, init, tol, atol, maxiter)
     mean = cov_matvec(q, g.mean)
     solution = LowRankGaussian(mean, *x)
-    if flatten:
-        solution = _unflatten(solution, like)
+    if unflatten is not None:
+        solution = unflatten(solution)
     if not return_quadratic_form:
         return solution
     residual_form = _vdot(x, jax.tree.map(jnp.subtract, b, r))
@@ -995,32 +993,22 @@ def _num_entries(tree: ArrayTree) -> int:
     return sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(tree))
 
 
-def _flatten(q: LowRankGaussian) -> LowRankGaussian:
-    """``q`` (or a tangent) with one leaf per block: ``(P,)``, ``(P,)`` and ``(P, K)``."""
+def _flatten(q: LowRankGaussian) -> tuple[LowRankGaussian, Callable]:
+    """``q`` (or a tangent) with one leaf per block, ``(P,)``, ``(P,)`` and ``(P, K)`` in
+    :func:`jax.flatten_util.ravel_pytree` order, and the function that undoes it."""
+    mean, unravel_vector = ravel_pytree(q.mean)
+    columns, unravel_columns = ravel_pytree(q.deviations)
+    k = rank(q)
+    flat = LowRankGaussian(mean, ravel_pytree(q.log_scale)[0], columns.reshape(-1, k))
 
-    def vector(tree):
-        return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
-
-    columns = [jnp.reshape(d, (-1, jnp.shape(d)[-1])) for d in jax.tree.leaves(q.deviations)]
-    return LowRankGaussian(vector(q.mean), vector(q.log_scale), jnp.concatenate(columns))
-
-
-def _unflatten(flat: LowRankGaussian, like: LowRankGaussian) -> LowRankGaussian:
-    """Inverse of :func:`_flatten`: the structure, shapes and dtypes of ``like``."""
-    leaves, treedef = jax.tree.flatten(like.mean)
-    ends = list(itertools.accumulate(math.prod(jnp.shape(x)) for x in leaves))
-    starts = [0, *ends[:-1]]
-
-    def split(array, tail=()):
-        return treedef.unflatten(
-            [
-                jnp.reshape(array[a:b], jnp.shape(x) + tail).astype(x.dtype)
-                for a, b, x in zip(starts, ends, leaves, strict=True)
-            ]
+    def unflatten(t: LowRankGaussian) -> LowRankGaussian:
+        return LowRankGaussian(
+            unravel_vector(t.mean),
+            unravel_vector(t.log_scale),
+            unravel_columns(t.deviations.reshape(-1)),
         )
 
-    k = flat.deviations.shape[-1]
-    return LowRankGaussian(split(flat.mean), split(flat.log_scale), split(flat.deviations, (k,)))
+    return flat, unflatten
 
 
 def _pcg(
@@ -1085,8 +1073,6 @@ def to_dense(q: LowRankGaussian) -> tuple[Array, Array]:
            [0. , 0.5]], dtype=float32)
     """
     k = rank(q)
-    mean, _ = ravel_pytree(q.mean)
-    log_scale, _ = ravel_pytree(q.log_scale)
-    dev = jnp.concatenate([jnp.reshape(d, (-1, k)) for d in jax.tree.leaves(q.deviations)], axis=0)
+    mean, log_scale, dev = _flatten(q)[0]
     cov = 0.5 * jnp.diag(jnp.exp(2 * log_scale)) + dev @ dev.T / (2.0 * (k - 1))
     return mean, cov

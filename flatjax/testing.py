@@ -387,6 +387,7 @@ def emcmc_transition(
     *,
     alpha: float | None = None,
     guide_prior_precision: float = 0.0,
+    guide_step_ratio: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The linear recursion ``x' = M x + e``, ``e ~ N(0, Q)``, of one Entropy-MCMC step.
 
@@ -402,6 +403,10 @@ def emcmc_transition(
       the *new* momentum, so ``M = [[I + eps J, (1 - alpha) I], [eps J, (1 - alpha) I]]``
       and the noise enters both blocks: ``Q = 2 alpha eps T [[I, I], [I, I]]``.
 
+    With ``guide_step_ratio`` ``r`` the guide's step is ``r eps``: ``eps J`` becomes
+    ``eps P J`` and the noise covariance ``Q`` is scaled by ``P`` (both blocks of
+    the SGHMC form), where ``P = diag(I, r I)`` on ``(theta, theta_a)``.
+
     Returns
     -------
     ``(M, Q)`` in float64.
@@ -416,13 +421,13 @@ def emcmc_transition(
     drift = emcmc_joint_drift(precision, eta, guide_prior_precision)
     n = drift.shape[0]
     eye = np.eye(n)
-    eps = float(step_size)
+    steps = float(step_size) * np.diag(np.repeat([1.0, float(guide_step_ratio)], n // 2))
     if alpha is None:
-        return eye + eps * drift, 2.0 * eps * temperature * eye
+        return eye + steps @ drift, 2.0 * temperature * steps
     transition = np.block(
-        [[eye + eps * drift, (1.0 - alpha) * eye], [eps * drift, (1.0 - alpha) * eye]]
+        [[eye + steps @ drift, (1.0 - alpha) * eye], [steps @ drift, (1.0 - alpha) * eye]]
     )
-    noise = 2.0 * alpha * eps * temperature * np.block([[eye, eye], [eye, eye]])
+    noise = 2.0 * alpha * temperature * np.block([[steps, steps], [steps, steps]])
     return transition, noise
 
 
@@ -434,6 +439,7 @@ def emcmc_stationary_covariance(
     step_size: float | None = None,
     alpha: float | None = None,
     guide_prior_precision: float = 0.0,
+    guide_step_ratio: float = 1.0,
 ) -> np.ndarray:
     """Exact stationary covariance of Entropy-MCMC on ``U = theta^T A theta / 2``.
 
@@ -444,7 +450,8 @@ def emcmc_stationary_covariance(
     The mean is zero.
 
     With ``step_size=None``: the continuous-time (small step) limit of the
-    positions for either flavour, ``T (-J)^{-1}`` (``2d``); for ``lambda = 0``
+    positions for either flavour and every ``guide_step_ratio`` (a constant
+    preconditioner does not change the law), ``T (-J)^{-1}`` (``2d``); for ``lambda = 0``
     its blocks are ``T A^{-1}``, ``T (A^{-1} + eta I)`` and, off the diagonal,
     ``T A^{-1}``. (The SGHMC momentum then tends to ``N(0, 2 eps T / (2 - alpha) I)``,
     independent of the positions.)
@@ -467,6 +474,7 @@ def emcmc_stationary_covariance(
         step_size,
         alpha=alpha,
         guide_prior_precision=guide_prior_precision,
+        guide_step_ratio=guide_step_ratio,
     )
     return discrete_lyapunov(transition, noise)
 

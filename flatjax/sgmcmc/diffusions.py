@@ -20,11 +20,33 @@ from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
 from flatjax._util import normal_like
 
-__all__ = ["overdamped_langevin", "sghmc"]
+__all__ = ["overdamped_langevin", "sghmc", "per_leaf"]
+
+
+def per_leaf(step_size, tree: ArrayLikeTree) -> ArrayTree:
+    """``step_size`` as a pytree shaped like ``tree``: a scalar is repeated on every leaf.
+
+    A pytree with ``tree``'s structure (one step per leaf, a block preconditioner) is
+    returned as it is. This is how a kernel gives blocks of its state their own steps
+    (e.g. Entropy-MCMC's guide at ``guide_step_ratio`` times the position's step).
+
+    Examples
+    --------
+    >>> per_leaf(0.1, {"a": 1.0, "b": 2.0})
+    {'a': 0.1, 'b': 0.1}
+    """
+    structure = jax.tree.structure(tree)
+    if jax.tree.structure(step_size) == structure and structure.num_leaves > 1:
+        return step_size
+    return jax.tree.map(lambda _: step_size, tree)
 
 
 def overdamped_langevin() -> Callable:
     """Euler-Maruyama step of ``dx = grad log p(x) dt + sqrt(2 T) dW``.
+
+    ``step_size`` is a scalar or a pytree of steps with the position's structure
+    (:func:`per_leaf`): a constant diagonal preconditioner ``P``, which keeps the
+    target exact in continuous time (``x' = x + P grad + sqrt(2 P T) xi``).
 
     Examples
     --------
@@ -44,12 +66,12 @@ def overdamped_langevin() -> Callable:
         temperature: float = 1.0,
     ) -> ArrayTree:
         noise = normal_like(rng_key, position)
-        scale = jnp.sqrt(2 * temperature * step_size)
         return jax.tree.map(
-            lambda p, g, n: p + step_size * g + scale * n,
+            lambda p, g, n, h: p + h * g + jnp.sqrt(2 * temperature * h) * n,
             position,
             logdensity_grad,
             noise,
+            per_leaf(step_size, position),
         )
 
     return one_step
@@ -72,6 +94,10 @@ def sghmc(alpha: float = 0.01, beta: float = 0.0) -> Callable:
     momentum, which is stable only for ``eps c < alpha`` in these units.) Its
     continuous-time limit samples ``x ~ p(x)^(1/T)``; on a flat target the
     discrete momentum's variance is ``2 eps T / (2 - alpha)``.
+
+    ``step_size`` may be a pytree of steps with the position's structure
+    (:func:`per_leaf`): a block with step ``r eps`` is SGHMC at step ``eps`` in the
+    coordinates ``x / sqrt(r)``, so the target is unchanged.
     """
 
     def one_step(
@@ -83,12 +109,13 @@ def sghmc(alpha: float = 0.01, beta: float = 0.0) -> Callable:
         temperature: float = 1.0,
     ):
         noise = normal_like(rng_key, momentum)
-        scale = jnp.sqrt(step_size * temperature * (2 * alpha - step_size * temperature * beta))
+
+        def update(v, g, n, h):
+            scale = jnp.sqrt(h * temperature * (2 * alpha - h * temperature * beta))
+            return (1.0 - alpha) * v + h * g + scale * n
+
         new_momentum = jax.tree.map(
-            lambda v, g, n: (1.0 - alpha) * v + step_size * g + scale * n,
-            momentum,
-            logdensity_grad,
-            noise,
+            update, momentum, logdensity_grad, noise, per_leaf(step_size, momentum)
         )
         new_position = jax.tree.map(jnp.add, position, new_momentum)
         return new_position, new_momentum

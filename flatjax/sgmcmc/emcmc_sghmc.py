@@ -13,6 +13,12 @@ resamples it at every call): one model gradient per step. With step ``eps``,
 
 for ``x = (theta, theta_a)``. On the coupling direction (curvature ``2 / eta``) the
 recursion is stable iff ``eps < (2 - alpha) eta``.
+
+With ``guide_step_ratio`` :math:`r` the guide's block takes the step :math:`r\epsilon`
+(SGHMC at step :math:`\epsilon` in the coordinates :math:`\theta_a/\sqrt r`, so the
+joint law is unchanged); the coupling's curvature in that metric is :math:`(1 + r)/\eta`
+and the recursion is stable iff :math:`(1 + r)\,\epsilon / \eta < 2 (2 - \alpha)`.
+See :mod:`flatjax.sgmcmc.emcmc` for why a ratio above 1 speeds the pair up.
 """
 
 from __future__ import annotations
@@ -67,22 +73,28 @@ def init(position: ArrayLikeTree) -> EMCMCSGHMCState:
     return EMCMCSGHMCState(state.position, state.guide, momentum)
 
 
-def check_step_size(step_size, eta: float, alpha: float, temperature=1.0) -> None:
+def check_step_size(
+    step_size, eta: float, alpha: float, temperature=1.0, guide_step_ratio: float = 1.0
+) -> None:
     """Raise ``ValueError`` for a concrete step size that makes the coupling diverge.
 
-    On the coupling direction (curvature ``2 / eta``) the recursion (momentum first,
-    then position) has characteristic polynomial
-    ``z^2 - (2 - alpha - 2 eps / eta) z + 1 - alpha``, stable (Jury) iff
-    ``eps < (2 - alpha) eta`` for ``alpha`` in ``(0, 1]``.
+    On the coupling direction (curvature ``c = (1 + r) / eta`` in the metric of the
+    block steps, ``2 / eta`` for ``r = 1``) the recursion (momentum first, then
+    position) has characteristic polynomial ``z^2 - (2 - alpha - eps c) z + 1 - alpha``,
+    stable (Jury) iff ``eps c < 2 (2 - alpha)`` for ``alpha`` in ``(0, 1]``.
     """
     h = concrete_or_none(step_size)
     if h is not None:
         if not h > 0:
             raise ValueError(f"`step_size` must be > 0, got {h!r}")
-        if not h < (2 - alpha) * eta:
+        bound = (2 - alpha) * _emcmc.max_stable_step(eta, guide_step_ratio)
+        if not h < bound:
+            ratio = "" if guide_step_ratio == 1.0 else " * 2 / (1 + guide_step_ratio)"
             raise ValueError(
-                f"`step_size`={h!r} is unstable for `eta`={eta!r}, `alpha`={alpha!r}: "
-                f"SGHMC on the Entropy-MCMC coupling needs step_size < (2 - alpha) * eta."
+                f"`step_size`={h!r} is unstable for `eta`={eta!r}, `alpha`={alpha!r}"
+                + ("" if not ratio else f", `guide_step_ratio`={guide_step_ratio!r}")
+                + f": SGHMC on the Entropy-MCMC coupling needs step_size < "
+                f"(2 - alpha) * eta{ratio} = {bound:.6g}."
             )
     t = concrete_or_none(temperature)
     if t is not None and not t >= 0:
@@ -94,6 +106,7 @@ def build_kernel(
     alpha: float = 0.01,
     beta: float = 0.0,
     guide_prior_precision: float = 0.0,
+    guide_step_ratio: float = 1.0,
 ) -> Callable:
     """Build the Entropy-MCMC SGHMC kernel.
 
@@ -108,11 +121,14 @@ def build_kernel(
         noise, >= 0 (as in blackjax; 0 by default).
     guide_prior_precision
         Precision of an optional Gaussian prior on the guide.
+    guide_step_ratio
+        The guide's step as a multiple of the position's, > 0 (1: the paper's sampler).
     """
     eta = check_positive("eta", eta)
     alpha = check_in_range("alpha", alpha, 0.0, 1.0)
     beta = check_nonnegative("beta", beta)
     guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)
+    guide_step_ratio = check_positive("guide_step_ratio", guide_step_ratio)
     integrator = diffusions.sghmc(alpha, beta)
 
     def kernel(
@@ -123,11 +139,12 @@ def build_kernel(
         step_size: float,
         temperature: float = 1.0,
     ) -> EMCMCSGHMCState:
-        check_step_size(step_size, eta, alpha, temperature)
+        check_step_size(step_size, eta, alpha, temperature, guide_step_ratio)
         joint = _emcmc.EMCMCState(state.position, state.guide)
         logdensity_grad = grad_estimator(state.position, minibatch)
         grad = _emcmc.joint_gradient(logdensity_grad, joint, eta, guide_prior_precision)
-        joint, momentum = integrator(rng_key, joint, state.momentum, grad, step_size, temperature)
+        steps = _emcmc.block_steps(joint, step_size, guide_step_ratio)
+        joint, momentum = integrator(rng_key, joint, state.momentum, grad, steps, temperature)
         return EMCMCSGHMCState(joint.position, joint.guide, momentum)
 
     return kernel
@@ -139,6 +156,7 @@ def as_top_level_api(
     alpha: float = 0.01,
     beta: float = 0.0,
     guide_prior_precision: float = 0.0,
+    guide_step_ratio: float = 1.0,
 ) -> SamplingAlgorithm:
     """Entropy-MCMC with an SGHMC update of the joint, in BlackJAX's interface.
 
@@ -154,6 +172,8 @@ def as_top_level_api(
         Gradient-noise estimate, >= 0.
     guide_prior_precision
         Precision of a Gaussian prior on the guide; ``0`` is the paper's joint.
+    guide_step_ratio
+        The guide's step as a multiple of the position's, > 0 (1: the paper's sampler).
 
     Examples
     --------
@@ -166,6 +186,6 @@ def as_top_level_api(
     >>> state.momentum.position.shape
     ()
     """
-    kernel = build_kernel(eta, alpha, beta, guide_prior_precision)
+    kernel = build_kernel(eta, alpha, beta, guide_prior_precision, guide_step_ratio)
 
     return sgmcmc_algorithm(init, kernel, grad_estimator)

@@ -47,14 +47,25 @@ class Case(NamedTuple):
     temperature: float
     guide_prior_precision: float = 0.0
     alpha: float | None = None  # None: SGLD flavour
+    guide_step_ratio: float = 1.0
 
     @property
     def id(self) -> str:
         flavour = "sgld" if self.alpha is None else f"sghmc_a{self.alpha}"
+        ratio = "" if self.guide_step_ratio == 1.0 else f"-r{self.guide_step_ratio}"
         return (
             f"{flavour}-d{self.dim}-h{self.step_size}-eta{self.eta}-T{self.temperature}"
-            f"-lam{self.guide_prior_precision}"
+            f"-lam{self.guide_prior_precision}{ratio}"
         )
+
+    @property
+    def law(self) -> dict:
+        """The keyword arguments of the exact-law helpers."""
+        return {
+            "alpha": self.alpha,
+            "guide_prior_precision": self.guide_prior_precision,
+            "guide_step_ratio": self.guide_step_ratio,
+        }
 
 
 def rotated_precision(dim: int, seed: int = 0) -> np.ndarray:
@@ -72,12 +83,7 @@ def schedule(case: Case, precision: np.ndarray) -> tuple[int, int]:
     1e-5; thin by the e-folding time ``-1 / log(rho)``.
     """
     transition, _ = emcmc_transition(
-        precision,
-        case.eta,
-        case.temperature,
-        case.step_size,
-        alpha=case.alpha,
-        guide_prior_precision=case.guide_prior_precision,
+        precision, case.eta, case.temperature, case.step_size, **case.law
     )
     log_rho = math.log(float(np.max(np.abs(np.linalg.eigvals(transition)))))
     return math.ceil(math.log(1e-5) / (2 * log_rho)), math.ceil(-1.0 / log_rho)
@@ -94,7 +100,10 @@ def sample_joint(
     grad_estimator = lambda position, minibatch: -a @ position
     if case.alpha is None:
         sampler = flatjax.emcmc(
-            grad_estimator, eta=case.eta, guide_prior_precision=case.guide_prior_precision
+            grad_estimator,
+            eta=case.eta,
+            guide_prior_precision=case.guide_prior_precision,
+            guide_step_ratio=case.guide_step_ratio,
         )
         observe = lambda s: jnp.concatenate([s.position, s.guide])
     else:
@@ -103,6 +112,7 @@ def sample_joint(
             eta=case.eta,
             alpha=case.alpha,
             guide_prior_precision=case.guide_prior_precision,
+            guide_step_ratio=case.guide_step_ratio,
         )
         observe = lambda s: jnp.concatenate(
             [s.position, s.guide, s.momentum.position, s.momentum.guide]
@@ -129,8 +139,7 @@ def exact_covariance(case: Case, precision: np.ndarray, discrete: bool = True) -
         case.eta,
         case.temperature,
         step_size=case.step_size if discrete else None,
-        alpha=case.alpha,
-        guide_prior_precision=case.guide_prior_precision,
+        **case.law,
     )
 
 
@@ -139,6 +148,10 @@ SGLD_CASES = [
     Case(2, 0.02, 0.2, 0.5),
     Case(2, 0.03, 1.0, 2.0, guide_prior_precision=1.0),
     Case(10, 0.04, 0.5, 1.0),
+    # the guide's own step (a block preconditioner): the same joint law, another recursion
+    Case(2, 0.05, 0.5, 1.0, guide_step_ratio=4.0),
+    Case(2, 0.02, 0.5, 1.0, guide_step_ratio=10.0),
+    Case(2, 0.03, 1.0, 2.0, guide_prior_precision=1.0, guide_step_ratio=0.5),
 ]
 # The SGHMC recursion (the old momentum moves x, the gradient at the old x drives v)
 # is stable only for step_size * lambda_max(-J) < alpha; these cases respect that.
@@ -146,13 +159,14 @@ SGHMC_CASES = [
     Case(2, 0.05, 0.5, 1.0, alpha=0.5),
     Case(2, 0.05, 0.3, 0.5, guide_prior_precision=0.5, alpha=0.3),
     Case(10, 0.05, 0.5, 1.0, alpha=0.5),
+    Case(2, 0.02, 0.5, 1.0, alpha=0.5, guide_step_ratio=4.0),
 ]
 SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
     "case",
-    SGLD_CASES + SGHMC_CASES[:2] + [pytest.param(SGHMC_CASES[2], marks=SLOW)],
+    SGLD_CASES + SGHMC_CASES[:2] + [pytest.param(SGHMC_CASES[2], marks=SLOW), SGHMC_CASES[3]],
     ids=lambda c: c.id,
 )
 def test_joint_covariance_matches_exact_discrete_law(case: Case, record: dict) -> None:
@@ -219,10 +233,11 @@ def test_small_step_is_near_continuous_time(case: Case, record: dict) -> None:
     }
 
 
+@pytest.mark.parametrize("guide_step_ratio", [1.0, 6.0])
 @pytest.mark.parametrize("guide_prior_precision", [0.0, 0.7])
 @pytest.mark.parametrize("alpha", [None, 0.8, 0.3])
 def test_discrete_law_tends_to_continuous_law(
-    alpha: float | None, guide_prior_precision: float
+    alpha: float | None, guide_prior_precision: float, guide_step_ratio: float
 ) -> None:
     """Deterministic: ``Sigma_h -> Sigma_0`` at rate ``O(h)``, and ``Sigma_0`` is as stated.
 
@@ -257,11 +272,13 @@ def test_discrete_law_tends_to_continuous_law(
             step_size=h,
             alpha=alpha,
             guide_prior_precision=guide_prior_precision,
+            guide_step_ratio=guide_step_ratio,
         )
         errors.append(np.max(np.abs(discrete[:n, :n] - continuous)))
         if alpha is not None:
             momentum = discrete[n:, n:] / (h * temperature)
-            np.testing.assert_allclose(momentum, 2 / (2 - alpha) * np.eye(n), atol=50 * h)
+            steps = np.diag(np.repeat([1.0, guide_step_ratio], dim))
+            np.testing.assert_allclose(momentum, 2 / (2 - alpha) * steps, atol=50 * h * 6)
             assert np.max(np.abs(discrete[:n, n:])) < 50 * h * np.max(np.abs(continuous))
     ratios = np.asarray(errors[:-1]) / np.asarray(errors[1:])
     np.testing.assert_allclose(ratios, 10.0, rtol=0.05)  # first order in h
@@ -271,13 +288,66 @@ def test_discrete_law_tends_to_continuous_law(
 def test_exact_recursion_matches_scipy() -> None:
     """The numpy Lyapunov solution used above agrees with scipy's on these recursions."""
     precision = rotated_precision(10, seed=10)
-    for case in (SGLD_CASES[-1], SGHMC_CASES[-1]):
+    for case in (SGLD_CASES[3], SGHMC_CASES[2], SGLD_CASES[-1], SGHMC_CASES[-1]):
         transition, noise = emcmc_transition(
-            precision, case.eta, case.temperature, case.step_size, alpha=case.alpha
+            precision[: case.dim, : case.dim],
+            case.eta,
+            case.temperature,
+            case.step_size,
+            **case.law,
         )
         np.testing.assert_allclose(
-            exact_covariance(case, precision),
+            exact_covariance(case, precision[: case.dim, : case.dim]),
             scipy.linalg.solve_discrete_lyapunov(transition, noise),
             rtol=1e-9,
             atol=1e-12,
         )
+
+
+@pytest.mark.parametrize("guide_step_ratio", [1.0, 3.0, 10.0])
+def test_pair_mobility_in_stiffly_coupled_directions(guide_step_ratio: float) -> None:
+    """Deterministic: where ``eta lambda << 1`` the pair relaxes at ``r / (1 + r)`` of SGLD's rate.
+
+    On ``U = lambda theta^2 / 2`` the slowest eigenvalue of the exact recursion
+    (:func:`flatjax.testing.emcmc_transition`) is ``1 - h lambda_eff``; SGLD's is
+    ``1 - h lambda``. The ratio ``lambda_eff / lambda`` is the pair's mobility
+    ``r / (1 + r)`` (1/2 for the paper's sampler) up to ``O(eta lambda)``.
+    """
+    lam, eta, h = 1e-2, 1.0, 1e-3
+    transition, _ = emcmc_transition([[lam]], eta, 1.0, h, guide_step_ratio=guide_step_ratio)
+    slowest = float(np.max(np.abs(np.linalg.eigvals(transition))))
+    mobility = (1.0 - slowest) / (h * lam)
+    r = guide_step_ratio
+    np.testing.assert_allclose(mobility, r / (1 + r), rtol=2 * eta * lam)
+
+
+@pytest.mark.parametrize("alpha", [None, 0.5])
+@pytest.mark.parametrize("guide_step_ratio", [1.0, 4.0])
+def test_stability_bound_is_sharp(alpha: float | None, guide_step_ratio: float) -> None:
+    """The step bound the kernels check is where the exact recursion turns unstable.
+
+    On a target with vanishing curvature the coupling's stiff mode sets the bound:
+    ``h < 2 eta / (1 + r)`` (SGLD), ``(2 - alpha)`` times that (SGHMC). Just below
+    it the spectral radius is < 1, just above it is > 1, and the kernel refuses
+    a concrete step above it with a ``ValueError``.
+    """
+    eta = 0.5
+    bound = flatjax.sgmcmc.emcmc.max_stable_step(eta, guide_step_ratio)
+    bound *= 1.0 if alpha is None else 2 - alpha
+    law = {"alpha": alpha, "guide_step_ratio": guide_step_ratio}
+    radius = [
+        float(np.max(np.abs(np.linalg.eigvals(emcmc_transition([[1e-9]], eta, 1.0, h, **law)[0]))))
+        for h in (0.99 * bound, 1.01 * bound)
+    ]
+    assert radius[0] < 1.0 < radius[1], radius
+    grad_estimator = lambda position, minibatch: -position
+    if alpha is None:
+        sampler = flatjax.emcmc(grad_estimator, eta=eta, guide_step_ratio=guide_step_ratio)
+    else:
+        sampler = flatjax.emcmc_sghmc(
+            grad_estimator, eta=eta, alpha=alpha, guide_step_ratio=guide_step_ratio
+        )
+    state = sampler.init(jnp.zeros(2))
+    sampler.step(jax.random.key(0), state, None, 0.99 * bound)
+    with pytest.raises(ValueError, match="step_size"):
+        sampler.step(jax.random.key(0), state, None, 1.01 * bound)

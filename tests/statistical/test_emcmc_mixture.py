@@ -124,6 +124,7 @@ class Flavour(NamedTuple):
     name: str
     step_size: float
     alpha: float | None = None  # None: SGLD flavour
+    guide_step_ratio: float = 1.0
 
     @property
     def time_per_step(self) -> float:
@@ -137,9 +138,12 @@ class Flavour(NamedTuple):
     def sampler(self):
         grad = jax.grad(TARGET.logdensity)
         grad_estimator = lambda position, minibatch: grad(position)
+        ratio = self.guide_step_ratio
         if self.alpha is None:
-            return flatjax.emcmc(grad_estimator, eta=ETA)
-        return flatjax.emcmc_sghmc(grad_estimator, eta=ETA, alpha=self.alpha)
+            return flatjax.emcmc(grad_estimator, eta=ETA, guide_step_ratio=ratio)
+        return flatjax.emcmc_sghmc(
+            grad_estimator, eta=ETA, alpha=self.alpha, guide_step_ratio=ratio
+        )
 
 
 def discretisation_bias(flavour: Flavour) -> np.ndarray:
@@ -155,7 +159,12 @@ def discretisation_bias(flavour: Flavour) -> np.ndarray:
     theta_scales, guide_scales = [], []
     for scale in SCALES:
         cov = emcmc_stationary_covariance(
-            [[1.0 / scale**2]], ETA, TEMPERATURE, step_size=flavour.step_size, alpha=flavour.alpha
+            [[1.0 / scale**2]],
+            ETA,
+            TEMPERATURE,
+            step_size=flavour.step_size,
+            alpha=flavour.alpha,
+            guide_step_ratio=flavour.guide_step_ratio,
         )
         theta_scales.append(math.sqrt(cov[0, 0]))
         guide_scales.append(math.sqrt(cov[1, 1]))
@@ -176,9 +185,10 @@ def exact_initial_states(flavour: Flavour, seed: int):
     guide = theta + math.sqrt(ETA * TEMPERATURE) * jax.random.normal(key_guide, theta.shape)
     if flavour.alpha is None:
         return flatjax.EMCMCState(theta, guide)
-    # Stationary momentum of v' = (1 - alpha) v + sqrt(2 alpha eps T) xi.
+    # Stationary momentum of v' = (1 - alpha) v + sqrt(2 alpha eps T) xi (guide: r eps).
     scale = math.sqrt(2 * flavour.step_size * TEMPERATURE / (2 - flavour.alpha))
     momentum = scale * jax.random.normal(key_momentum, (2, *theta.shape))
+    momentum = momentum.at[1].multiply(math.sqrt(flavour.guide_step_ratio))
     return flatjax.EMCMCSGHMCState(theta, guide, flatjax.EMCMCState(momentum[0], momentum[1]))
 
 
@@ -231,6 +241,9 @@ def describe(flavour: Flavour, check: MCSECheck, bias: np.ndarray, **extra) -> d
 
 SGLD = Flavour("sgld", step_size=1e-3)
 SGHMC = Flavour("sghmc", step_size=2.5e-4, alpha=0.5)
+# the guide at four times the position's step: the same joint law, exactly
+SGLD_R4 = Flavour("sgld-r4", step_size=1e-3, guide_step_ratio=4.0)
+SGHMC_R4 = Flavour("sghmc-r4", step_size=2.5e-4, alpha=0.5, guide_step_ratio=4.0)
 
 
 @pytest.mark.parametrize("half_separation", [1.0, 2.0])
@@ -281,7 +294,11 @@ def test_guide_marginal_is_the_smoothed_mixture() -> None:
         np.testing.assert_allclose(integral, expected, rtol=1e-4)
 
 
-@pytest.mark.parametrize("flavour", [SGLD, SGHMC], ids=lambda f: f.name)
+@pytest.mark.parametrize(
+    "flavour",
+    [SGLD, SGHMC, SGLD_R4, pytest.param(SGHMC_R4, marks=pytest.mark.slow)],
+    ids=lambda f: f.name,
+)
 def test_kernels_keep_the_exact_joint(flavour: Flavour, record: dict) -> None:
     """From exact draws of the joint, 1 time unit of burn-in and 5 of sampling.
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flatjax.experiment import METHODS, MODELS, ExperimentConfig
+from flatjax.experiment import METHODS, MODELS, SCHEDULES, ExperimentConfig
 
 DATA_SETS = ("digits", "fashion", "mnist", "mnist-subset", "cifar10", "cifar100")
 OOD_KINDS = ("gaussian", "uniform", "digits", "mnist", "fashion", "none")
@@ -115,6 +115,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         ("--temperature", non_negative, "posterior temperature T"),
         ("--eta", _number(0.0), "Entropy-MCMC coupling variance (log-posterior scale)"),
         (
+            "--guide-step-ratio",
+            _number(0.0),
+            "Entropy-MCMC: the guide's step as a multiple r of theta's (same joint law; "
+            "the pair moves at r/(1+r) of SGLD's speed where the coupling is stiff)",
+        ),
+        (
+            "--guide-weight-decay",
+            non_negative,
+            "Entropy-MCMC: weight decay on the guide (default: --weight-decay, as the "
+            "reference code; 0 is the paper's exact joint)",
+        ),
+        (
+            "--momentum",
+            _number(0.0, low_open=False),
+            "SGD/SAM/SWAG heavy-ball momentum (0: the reference protocol's plain SGD)",
+        ),
+        (
             "--weight-decay",
             non_negative,
             "weight decay = Gaussian prior of precision N*wd (theta and guide)",
@@ -143,6 +160,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     ):
         field = flag[2:].replace("-", "_")
         g.add_argument(flag, type=parse, default=getattr(d, field), help=text)
+    g.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=d.schedule,
+        help="step-size schedule for every method: each method's own (auto), constant, or "
+        "the cyclical cosine (same cycles and collection for all); default: auto",
+    )
     g.add_argument(
         "--checkpoint-dir",
         default=None,
@@ -478,6 +502,10 @@ def _config(args: argparse.Namespace, method: str) -> ExperimentConfig:
         temperature=args.temperature,
         eta=args.eta,
         weight_decay=args.weight_decay,
+        guide_step_ratio=args.guide_step_ratio,
+        guide_weight_decay=args.guide_weight_decay,
+        schedule=args.schedule,
+        momentum=args.momentum,
         cycles=args.cycles,
         collect_last=args.collect_last,
         exploration=args.exploration,

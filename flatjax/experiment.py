@@ -83,6 +83,11 @@ METHODS: dict[str, str] = {
 MODELS: dict[str, dict] = {"mlp": {}, "cnn": {}, "resnet18": {"norm": "frn"}}
 CYCLICAL = {"emcmc", "emcmc-sghmc", "csgld", "csghmc", "entropy-sgld"}
 SGHMC_LIKE = {"emcmc-sghmc", "sghmc", "csghmc"}
+#: ``schedule`` values: ``"auto"`` is each method's own (its description in
+#: :data:`METHODS`); ``"constant"`` and ``"cyclical"`` put every method on the same
+#: step-size schedule and collection rule, so a comparison never credits the
+#: schedule's effect to the method (the 2 x 2 design coupling on/off x schedule).
+SCHEDULES = ("auto", "constant", "cyclical")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +103,10 @@ class ExperimentConfig:
     temperature: float = 1e-3
     eta: float = 4e-4
     weight_decay: float = 5e-4
+    guide_step_ratio: float = 1.0
+    guide_weight_decay: float | None = None
+    schedule: str = "auto"
+    momentum: float = 0.9
     cycles: int = 4
     collect_last: int = 2
     exploration: float = 0.5
@@ -109,6 +118,17 @@ class ExperimentConfig:
     swag_rank: int = 20
     swag_samples: int = 30
     swag_lr_ratio: float = 0.1
+
+    @property
+    def schedule_kind(self) -> str:
+        """The step-size schedule this run uses: ``"constant"``, ``"cyclical"`` or ``"decay"``."""
+        if self.schedule != "auto":
+            return self.schedule
+        if self.method in CYCLICAL:
+            return "cyclical"
+        if self.method in ("sgd", "entropy-sgd", "sam"):
+            return "decay"
+        return "swag" if self.method == "swag" else "constant"
 
     @property
     def swag_collected(self) -> int:
@@ -141,6 +161,25 @@ class ExperimentConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+        gwd = self.guide_weight_decay
+        if gwd is not None and not (
+            isinstance(gwd, numbers.Real) and math.isfinite(gwd) and gwd >= 0
+        ):
+            raise ValueError(f"`guide_weight_decay` must be None or a number >= 0, got {gwd!r}")
+        if not (
+            isinstance(self.guide_step_ratio, numbers.Real)
+            and math.isfinite(self.guide_step_ratio)
+            and self.guide_step_ratio > 0
+        ):
+            raise ValueError(f"`guide_step_ratio` must be > 0, got {self.guide_step_ratio!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.method == "swag" and self.schedule != "auto":
+            raise ValueError(
+                f"`schedule`={self.schedule!r}: SWAG runs on its own SWA schedule (use 'auto')"
+            )
+        if not (isinstance(self.momentum, numbers.Real) and 0 <= self.momentum < 1):
+            raise ValueError(f"`momentum` must be in [0, 1), got {self.momentum!r}")
         if not (isinstance(self.rho, numbers.Real) and math.isfinite(self.rho) and self.rho >= 0):
             raise ValueError(f"`rho` (SAM's radius) must be a finite number >= 0, got {self.rho!r}")
         if (
@@ -166,9 +205,10 @@ class ExperimentConfig:
             raise ValueError(f"`exploration` must be in [0, 1), got {self.exploration!r}")
         if not 0 < self.friction <= 1:
             raise ValueError(f"`friction` must be in (0, 1], got {self.friction!r}")
-        if self.method in CYCLICAL and self.epochs < self.cycles:
+        cyclical = self.schedule_kind == "cyclical"
+        if cyclical and self.epochs < self.cycles:
             raise ValueError(f"`epochs`={self.epochs} must be >= `cycles`={self.cycles}")
-        if self.method in CYCLICAL and self.collect_last > self.epochs // self.cycles:
+        if cyclical and self.collect_last > self.epochs // self.cycles:
             raise ValueError(
                 f"`collect_last`={self.collect_last} exceeds the epochs per cycle "
                 f"({self.epochs // self.cycles})"
@@ -180,13 +220,15 @@ class ExperimentConfig:
                     f"`batch_size`={self.batch_size} needs {rows} rows per step but the "
                     f"training set has {data_size}"
                 )
-            step, bound = self.lr / data_size, self.eta
+            step = self.lr / data_size
+            bound = emcmc.max_stable_step(self.eta, self.guide_step_ratio)
             if self.method in SGHMC_LIKE:
-                step, bound = step * self.friction, (2 - self.friction) * self.eta
+                step, bound = step * self.friction, (2 - self.friction) * bound
             if self.method.startswith("emcmc") and step >= bound:
                 raise ValueError(
                     f"step {step:.3g} (from `lr`={self.lr}) >= {bound:.3g}: Entropy-MCMC "
-                    f"diverges unless lr/N < eta (SGHMC: friction lr/N < (2 - friction) eta)"
+                    f"diverges unless lr/N < 2 eta / (1 + guide_step_ratio) (SGHMC: "
+                    f"friction lr/N < (2 - friction) times that)"
                 )
         return self
 
@@ -201,7 +243,8 @@ def build_method(
     # their step by the friction so that every method has the effective step lr / N
     base = config.lr / n * (config.friction if method in SGHMC_LIKE else 1.0)
     friction = config.friction
-    if method in CYCLICAL:
+    kind = config.schedule_kind
+    if kind == "cyclical":
         explore = config.exploration if method in ("csgld", "csghmc") else 0.0
         cyc = schedules.cyclical_schedule(
             base, total_steps=total, num_cycles=config.cycles, exploration_fraction=explore
@@ -209,11 +252,11 @@ def build_method(
         step_size = cyc.step_size
         temperature = lambda k: jnp.where(cyc.is_exploration(k), 0.0, config.temperature)
         collect = loop.last_epochs_of_cycles(config.epochs, config.cycles, config.collect_last)
-    elif method in ("sgd", "entropy-sgd", "sam"):
+    elif kind == "decay":
         cos = optax.cosine_decay_schedule(base, total)
         step_size, temperature = cos, config.temperature
         collect = lambda e: e == config.epochs - 1
-    elif method == "swag":
+    elif kind == "swag":
         burn_in = config.epochs // 2
         step_size = swag_schedule(base, burn_in * steps_per_epoch, config.swag_lr_ratio)
         temperature = config.temperature
@@ -222,20 +265,34 @@ def build_method(
         step_size = base
         temperature = config.temperature
         collect = loop.every(1, burn_in=config.epochs // 2)
+    guide_wd = (
+        config.weight_decay if config.guide_weight_decay is None else config.guide_weight_decay
+    )
 
     if method == "emcmc":
-        kernel = emcmc.as_top_level_api(grad_fn, config.eta, n * config.weight_decay)
+        kernel = emcmc.as_top_level_api(
+            grad_fn, config.eta, n * guide_wd, guide_step_ratio=config.guide_step_ratio
+        )
     elif method == "emcmc-sghmc":
         kernel = emcmc_sghmc.as_top_level_api(
-            grad_fn, config.eta, alpha=friction, guide_prior_precision=n * config.weight_decay
+            grad_fn,
+            config.eta,
+            alpha=friction,
+            guide_prior_precision=n * guide_wd,
+            guide_step_ratio=config.guide_step_ratio,
         )
     elif method in ("sgld", "csgld"):
         kernel = blackjax.sgld(grad_fn)
     elif method in ("sghmc", "csghmc"):
         kernel = sghmc.as_top_level_api(grad_fn, alpha=friction)
     elif method in ("sgd", "swag", "sam"):
-        # heavy-ball momentum 0.9 in EMA form: the same effective learning rate as the samplers
-        direction = optax.chain(optax.trace(decay=0.9), optax.scale(0.1))
+        # heavy-ball momentum in EMA form: the same effective learning rate as the samplers
+        if config.momentum:
+            direction = optax.chain(
+                optax.trace(decay=config.momentum), optax.scale(1.0 - config.momentum)
+            )
+        else:
+            direction = optax.identity()
         if method == "sam":
             kernel = sam_lib.as_top_level_api(grad_fn, config.rho, "sam", direction)
         else:
@@ -367,6 +424,7 @@ def run_experiment(
     dataset: Any,
     ood_x: np.ndarray | Mapping[str, np.ndarray] | None = None,
     *,
+    shift_x: Mapping[str, np.ndarray] | None = None,
     progress: bool | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
@@ -381,7 +439,12 @@ def run_experiment(
     reliability-diagram data, per-epoch traces, and wall-clock time. ``ood_x`` is one
     array of OOD inputs (flat ``ood_*`` keys, as ``summarize``) or a ``{name: array}``
     mapping of several OOD sets, scored separately under ``summary["ood"][name]`` as
-    ``{"auroc_entropy", "aupr_entropy", "auroc_max_prob", "aupr_max_prob"}``. For
+    ``{"auroc_entropy", "aupr_entropy", "auroc_max_prob", "aupr_max_prob"}``.
+    ``shift_x`` is a ``{name: inputs}`` mapping of shifted copies of the test set
+    (e.g. corruptions, :func:`flatjax.data.corrupt`), each with the test set's rows
+    in order and so its labels; every sample set's summary then has
+    ``summary["shift"][name] = {"accuracy", "nll", "ece"}`` (ECE: 15 equal-width
+    bins), from the same BMA as the clean metrics. For
     SWAG the report also has ``"swag"``: the iterates collected per chain, the rank and
     the mean distance between consecutive draws (see :func:`swag_bma`). With
     ``checkpoint_dir`` the run is checkpointed every epoch and ``resume=True`` continues
@@ -432,8 +495,16 @@ def run_experiment(
             raise ValueError(
                 f"{label} has inputs of shape {x_ood.shape[1:]}, the test set {eval_x.shape[1:]}"
             )
-    if ood_sets:
-        eval_x = jnp.concatenate([eval_x, *ood_sets.values()])
+    num_test = dataset.x_test.shape[0]
+    shift_sets = {str(k): jnp.asarray(v, eval_x.dtype) for k, v in (shift_x or {}).items()}
+    for name, x_shift in shift_sets.items():
+        if x_shift.shape != eval_x.shape:
+            raise ValueError(
+                f"`shift_x[{name!r}]` has shape {x_shift.shape}, the test set {eval_x.shape}: "
+                "a shifted copy must keep the test set's rows (and labels)"
+            )
+    if ood_sets or shift_sets:
+        eval_x = jnp.concatenate([eval_x, *ood_sets.values(), *shift_sets.values()])
     start = time.perf_counter()
     result = loop.run(
         kernel,
@@ -475,7 +546,6 @@ def run_experiment(
         }
     seconds = time.perf_counter() - start
 
-    num_test = dataset.x_test.shape[0]
     sets = {name: bma_lib.predictive(result.bma[name]) for name in result.bma}
     if "guide" in sets:
         total = sum(result.bma[k].sum_probs.sum(0) for k in result.bma)
@@ -514,6 +584,16 @@ def run_experiment(
                 }
                 for k, p in ood_probs.items()
             }
+        if shift_sets:
+            start_shift = int(bounds[-1])
+            summary["shift"] = {}
+            for i, k in enumerate(shift_sets):
+                p = probs[start_shift + i * num_test : start_shift + (i + 1) * num_test]
+                summary["shift"][k] = {
+                    "accuracy": float(metrics_lib.accuracy(p, y_test)),
+                    "nll": float(metrics_lib.nll(p, y_test)),
+                    "ece": float(metrics_lib.ece(p, y_test, num_bins=15, binning="width")),
+                }
         diagram = metrics_lib.reliability_diagram(probs_in, y_test, num_bins=15, binning="width")
         summary["reliability"] = {k: np.asarray(v).tolist() for k, v in diagram._asdict().items()}
         report["sets"][name] = summary

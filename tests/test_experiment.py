@@ -140,3 +140,90 @@ def test_ood_set_of_the_wrong_shape_is_named(digits):
             {"bad": np.zeros((5, 3, 3, 1), np.float32)},
             progress=False,
         )
+
+
+def test_schedule_override_puts_every_method_on_the_same_cycles(digits):
+    """``schedule="cyclical"`` gives SGLD/SGD csgld's step sizes and collection epochs."""
+    from flatjax.experiment import build_method
+
+    n, steps = 1000, 10
+    grad_fn = lambda p, b: p
+    configs = {
+        m: ExperimentConfig(method=m, schedule="cyclical", epochs=8, collect_last=1)
+        for m in ("sgld", "sgd", "emcmc")
+    }
+    configs["csgld"] = ExperimentConfig(method="csgld", epochs=8, collect_last=1, exploration=0.0)
+    built = {m: build_method(c, grad_fn, n, steps) for m, c in configs.items()}
+    ks = jnp.arange(80)
+    reference = jax.vmap(built["csgld"][1])(ks)
+    for m in ("sgld", "sgd", "emcmc"):
+        np.testing.assert_allclose(jax.vmap(built[m][1])(ks), reference)
+        assert [e for e in range(8) if built[m][3](e)] == [1, 3, 5, 7]
+    constant = build_method(ExperimentConfig(method="emcmc", schedule="constant"), grad_fn, n, 10)
+    assert constant[1] == 0.5 / n and [e for e in range(40) if constant[3](e)] == list(
+        range(20, 40)
+    )
+
+
+def test_plain_sgd_and_guide_options_reach_the_kernels():
+    """momentum=0 is plain SGD; guide_step_ratio and guide_weight_decay reach Entropy-MCMC."""
+    from flatjax.experiment import build_method
+
+    grad_fn = lambda p, b: -p  # log-density -p^2/2
+    sgd = build_method(ExperimentConfig(method="sgd", momentum=0.0), grad_fn, 100, 1)[0]
+    state = sgd.init(jnp.ones(2))
+    state = sgd.step(jax.random.key(0), state, None, 0.1)
+    np.testing.assert_allclose(state.position, 0.9 * jnp.ones(2), rtol=1e-6)
+    config = ExperimentConfig(
+        method="emcmc", eta=1.0, guide_step_ratio=3.0, guide_weight_decay=0.0, temperature=0.0
+    )
+    kernel = build_method(config, grad_fn, 100, 1)[0]
+    state = kernel.init(jnp.ones(1))
+    state = state._replace(guide=jnp.zeros(1))
+    new = kernel.step(jax.random.key(0), state, None, 0.1, 0.0)
+    # theta: 1 + 0.1 (-1 - 1); guide: 0 + 3 * 0.1 * (1 - 0) with no weight decay
+    np.testing.assert_allclose(new.position, [0.8], rtol=1e-6)
+    np.testing.assert_allclose(new.guide, [0.3], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "fields, pattern",
+    [
+        ({"guide_step_ratio": 0.0}, "guide_step_ratio"),
+        ({"guide_weight_decay": -1.0}, "guide_weight_decay"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"method": "swag", "schedule": "cyclical"}, "schedule"),
+        ({"momentum": 1.0}, "momentum"),
+    ],
+)
+def test_bad_schedule_and_guide_settings_name_the_field(fields, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        ExperimentConfig(**fields).validate()
+
+
+def test_guide_step_ratio_tightens_the_stability_check():
+    ok = ExperimentConfig(method="emcmc", eta=1e-3, lr=0.5)
+    ok.validate(1000)  # step 5e-4 < 2 eta / 2
+    with pytest.raises(ValueError, match="guide_step_ratio"):
+        ok.__class__(method="emcmc", eta=1e-3, lr=0.5, guide_step_ratio=4.0).validate(1000)
+
+
+def test_shift_sets_are_scored_with_the_test_labels(digits):
+    """A shifted copy equal to the test set scores exactly as the clean test set."""
+    report = run_experiment(
+        ExperimentConfig(method="sgld", **TINY),
+        digits,
+        shift_x={"same": digits.x_test, "noisy": digits.x_test + 0.5},
+        progress=False,
+    )
+    theta = report["sets"]["theta"]
+    assert theta["shift"]["same"]["accuracy"] == pytest.approx(theta["accuracy"], abs=1e-6)
+    assert theta["shift"]["same"]["nll"] == pytest.approx(theta["nll"], rel=1e-5)
+    assert theta["shift"]["noisy"]["nll"] != pytest.approx(theta["nll"], rel=1e-3)
+    with pytest.raises(ValueError, match="shift_x"):
+        run_experiment(
+            ExperimentConfig(method="sgld", **TINY),
+            digits,
+            shift_x={"short": digits.x_test[:5]},
+            progress=False,
+        )

@@ -1,5 +1,5 @@
 """Entropy-MCMC and the SG-MCMC baselines that BlackJAX lacks."""
 
-from flatjax.sgmcmc import diffusions, emcmc, emcmc_sghmc, entropy_sgd, schedules, sghmc
+from flatjax.sgmcmc import diffusions, emcmc, emcmc_sghmc, entropy_sgd, eta_rule, schedules, sghmc
 
-__all__ = ["diffusions", "emcmc", "emcmc_sghmc", "entropy_sgd", "schedules", "sghmc"]
+__all__ = ["diffusions", "emcmc", "emcmc_sghmc", "entropy_sgd", "eta_rule", "schedules", "sghmc"]

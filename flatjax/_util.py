@@ -9,7 +9,19 @@ import jax
 import jax.numpy as jnp
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
-__all__ = ["normal_like", "check_positive", "check_nonnegative", "check_in_range"]
+__all__ = [
+    "NOISE_KINDS",
+    "check_noise",
+    "langevin_noise",
+    "normal_like",
+    "rademacher_like",
+    "check_positive",
+    "check_nonnegative",
+    "check_in_range",
+]
+
+#: the noise a Langevin-type kernel can inject (see :func:`langevin_noise`)
+NOISE_KINDS = ("gaussian", "rademacher")
 
 
 def normal_like(rng_key: PRNGKey, tree: ArrayLikeTree, group_below: int = 1 << 14) -> ArrayTree:
@@ -42,6 +54,50 @@ def normal_like(rng_key: PRNGKey, tree: ArrayLikeTree, group_below: int = 1 << 1
             noise[i] = flat[offset : offset + size].reshape(shapes[i])
             offset += size
     return jax.tree.unflatten(treedef, noise)
+
+
+def rademacher_like(rng_key: PRNGKey, tree: ArrayLikeTree) -> ArrayTree:
+    """Independent random signs (+1 or -1, each with probability 1/2) shaped like ``tree``.
+
+    32 signs are unpacked from every random 32-bit word (one ``jax.random.bits`` call
+    per leaf), so a draw costs an eighth to a quarter of a Gaussian one on CPU. Mean 0,
+    variance 1, like a standard normal: used as Langevin noise it is the simplified
+    weak Euler scheme (weak order 1, the same discrete-time stationary covariance on a
+    Gaussian target as Gaussian noise).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> x = rademacher_like(jax.random.key(0), {"w": jnp.zeros((3, 5))})["w"]
+    >>> x.shape, sorted(set(x.ravel().tolist())) in ([-1.0, 1.0], [1.0], [-1.0])
+    ((3, 5), True)
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(rng_key, max(len(leaves), 1))
+    out = []
+    shifts = jnp.arange(32, dtype=jnp.uint32)
+    for key, leaf in zip(keys, leaves, strict=False):
+        shape, dtype = jnp.shape(leaf), jnp.result_type(leaf)
+        size = math.prod(shape)
+        words = jax.random.bits(key, (-(-size // 32),), jnp.uint32)
+        bits = (words[:, None] >> shifts) & jnp.uint32(1)
+        signs = bits.reshape(-1)[:size].astype(dtype) * 2 - 1
+        out.append(signs.reshape(shape))
+    return jax.tree.unflatten(treedef, out)
+
+
+def check_noise(noise: str) -> str:
+    """Return ``noise`` or raise ``ValueError`` unless it is one of :data:`NOISE_KINDS`."""
+    if noise not in NOISE_KINDS:
+        raise ValueError(f"`noise` must be one of {NOISE_KINDS}, got {noise!r}")
+    return noise
+
+
+def langevin_noise(rng_key: PRNGKey, tree: ArrayLikeTree, kind: str = "gaussian") -> ArrayTree:
+    """Unit-variance noise shaped like ``tree``: ``"gaussian"`` or ``"rademacher"`` signs."""
+    if kind == "rademacher":
+        return rademacher_like(rng_key, tree)
+    return normal_like(rng_key, tree)
 
 
 def _as_float(name: str, value) -> float:

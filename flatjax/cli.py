@@ -161,6 +161,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         field = flag[2:].replace("-", "_")
         g.add_argument(flag, type=parse, default=getattr(d, field), help=text)
     g.add_argument(
+        "--noise",
+        choices=("gaussian", "rademacher"),
+        default=d.noise,
+        help="Langevin noise of every sampler: exact Gaussian, or random signs of the same "
+        "variance (cheaper; the simplified weak Euler scheme); default: gaussian",
+    )
+    g.add_argument(
         "--schedule",
         choices=SCHEDULES,
         default=d.schedule,
@@ -506,6 +513,7 @@ def _config(args: argparse.Namespace, method: str) -> ExperimentConfig:
         guide_weight_decay=args.guide_weight_decay,
         schedule=args.schedule,
         momentum=args.momentum,
+        noise=args.noise,
         cycles=args.cycles,
         collect_last=args.collect_last,
         exploration=args.exploration,

@@ -40,12 +40,13 @@ import numpy as np
 import optax
 
 from flatjax import metrics as metrics_lib
+from flatjax._util import NOISE_KINDS
 from flatjax.inference import bma as bma_lib
 from flatjax.inference import loop, optimizer
 from flatjax.nn import glue
 from flatjax.nn.models import make_model
 from flatjax.optim import sam as sam_lib
-from flatjax.sgmcmc import emcmc, emcmc_sghmc, entropy_sgd, schedules, sghmc
+from flatjax.sgmcmc import emcmc, emcmc_sghmc, entropy_sgd, schedules, sghmc, sgld
 from flatjax.vi import lowrank_gaussian as lrg
 from flatjax.vi import swag as swag_lib
 
@@ -107,6 +108,7 @@ class ExperimentConfig:
     guide_weight_decay: float | None = None
     schedule: str = "auto"
     momentum: float = 0.9
+    noise: str = "gaussian"
     cycles: int = 4
     collect_last: int = 2
     exploration: float = 0.5
@@ -172,6 +174,8 @@ class ExperimentConfig:
             and self.guide_step_ratio > 0
         ):
             raise ValueError(f"`guide_step_ratio` must be > 0, got {self.guide_step_ratio!r}")
+        if self.noise not in NOISE_KINDS:
+            raise ValueError(f"`noise` must be one of {NOISE_KINDS}, got {self.noise!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.method == "swag" and self.schedule != "auto":
@@ -271,7 +275,11 @@ def build_method(
 
     if method == "emcmc":
         kernel = emcmc.as_top_level_api(
-            grad_fn, config.eta, n * guide_wd, guide_step_ratio=config.guide_step_ratio
+            grad_fn,
+            config.eta,
+            n * guide_wd,
+            guide_step_ratio=config.guide_step_ratio,
+            noise=config.noise,
         )
     elif method == "emcmc-sghmc":
         kernel = emcmc_sghmc.as_top_level_api(
@@ -280,11 +288,15 @@ def build_method(
             alpha=friction,
             guide_prior_precision=n * guide_wd,
             guide_step_ratio=config.guide_step_ratio,
+            noise=config.noise,
         )
     elif method in ("sgld", "csgld"):
-        kernel = blackjax.sgld(grad_fn)
+        if config.noise == "gaussian":
+            kernel = blackjax.sgld(grad_fn)
+        else:
+            kernel = sgld.as_top_level_api(grad_fn, noise=config.noise)
     elif method in ("sghmc", "csghmc"):
-        kernel = sghmc.as_top_level_api(grad_fn, alpha=friction)
+        kernel = sghmc.as_top_level_api(grad_fn, alpha=friction, noise=config.noise)
     elif method in ("sgd", "swag", "sam"):
         # heavy-ball momentum in EMA form: the same effective learning rate as the samplers
         if config.momentum:

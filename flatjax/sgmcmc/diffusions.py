@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
-from flatjax._util import normal_like
+from flatjax._util import check_noise, langevin_noise
 
 __all__ = ["overdamped_langevin", "sghmc", "per_leaf"]
 
@@ -41,8 +41,13 @@ def per_leaf(step_size, tree: ArrayLikeTree) -> ArrayTree:
     return jax.tree.map(lambda _: step_size, tree)
 
 
-def overdamped_langevin() -> Callable:
+def overdamped_langevin(noise: str = "gaussian") -> Callable:
     """Euler-Maruyama step of ``dx = grad log p(x) dt + sqrt(2 T) dW``.
+
+    ``noise="rademacher"`` replaces the Gaussian increments by random signs of the
+    same mean and variance: the simplified weak Euler scheme (Kloeden & Platen),
+    weak order 1 like Euler-Maruyama, with the same discrete-time stationary
+    covariance on Gaussian targets; it differs in higher moments at a finite step.
 
     ``step_size`` is a scalar or a pytree of steps with the position's structure
     (:func:`per_leaf`): a constant diagonal preconditioner ``P``, which keeps the
@@ -58,6 +63,8 @@ def overdamped_langevin() -> Callable:
     (3,)
     """
 
+    check_noise(noise)
+
     def one_step(
         rng_key: PRNGKey,
         position: ArrayLikeTree,
@@ -65,19 +72,19 @@ def overdamped_langevin() -> Callable:
         step_size: float,
         temperature: float = 1.0,
     ) -> ArrayTree:
-        noise = normal_like(rng_key, position)
+        xi = langevin_noise(rng_key, position, noise)
         return jax.tree.map(
             lambda p, g, n, h: p + h * g + jnp.sqrt(2 * temperature * h) * n,
             position,
             logdensity_grad,
-            noise,
+            xi,
             per_leaf(step_size, position),
         )
 
     return one_step
 
 
-def sghmc(alpha: float = 0.01, beta: float = 0.0) -> Callable:
+def sghmc(alpha: float = 0.01, beta: float = 0.0, noise: str = "gaussian") -> Callable:
     """Euler step of SGHMC in the momentum-SGD form of cyclical SGHMC (Zhang et al. 2020).
 
     With step size ``eps`` (the same units as SGLD's step) and per-step momentum decay
@@ -97,8 +104,10 @@ def sghmc(alpha: float = 0.01, beta: float = 0.0) -> Callable:
 
     ``step_size`` may be a pytree of steps with the position's structure
     (:func:`per_leaf`): a block with step ``r eps`` is SGHMC at step ``eps`` in the
-    coordinates ``x / sqrt(r)``, so the target is unchanged.
+    coordinates ``x / sqrt(r)``, so the target is unchanged. ``noise`` as in
+    :func:`overdamped_langevin`.
     """
+    check_noise(noise)
 
     def one_step(
         rng_key: PRNGKey,
@@ -108,14 +117,14 @@ def sghmc(alpha: float = 0.01, beta: float = 0.0) -> Callable:
         step_size: float,
         temperature: float = 1.0,
     ):
-        noise = normal_like(rng_key, momentum)
+        xi = langevin_noise(rng_key, momentum, noise)
 
         def update(v, g, n, h):
             scale = jnp.sqrt(h * temperature * (2 * alpha - h * temperature * beta))
             return (1.0 - alpha) * v + h * g + scale * n
 
         new_momentum = jax.tree.map(
-            update, momentum, logdensity_grad, noise, per_leaf(step_size, momentum)
+            update, momentum, logdensity_grad, xi, per_leaf(step_size, momentum)
         )
         new_position = jax.tree.map(jnp.add, position, new_momentum)
         return new_position, new_momentum

@@ -58,10 +58,11 @@ from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 from flatjax._util import (
     check_floating_tree,
     check_matching_tree,
+    check_noise,
     check_nonnegative,
     check_positive,
     concrete_or_none,
-    normal_like,
+    langevin_noise,
 )
 from flatjax.sgmcmc import diffusions
 from flatjax.sgmcmc._api import sgmcmc_algorithm
@@ -192,7 +193,10 @@ def block_steps(state: EMCMCState, step_size, guide_step_ratio: float):
 
 
 def build_kernel(
-    eta: float, guide_prior_precision: float = 0.0, guide_step_ratio: float = 1.0
+    eta: float,
+    guide_prior_precision: float = 0.0,
+    guide_step_ratio: float = 1.0,
+    noise: str = "gaussian",
 ) -> Callable:
     """Build the Entropy-MCMC (SGLD flavour) transition kernel.
 
@@ -207,6 +211,10 @@ def build_kernel(
     guide_step_ratio
         The guide's step as a multiple ``r`` of the position's (> 0; 1 is the
         paper's sampler). See the module docstring.
+    noise
+        ``"gaussian"`` (exact Euler-Maruyama) or ``"rademacher"`` (random signs of
+        the same variance, several times cheaper to draw: the simplified weak Euler
+        scheme, see :func:`flatjax.sgmcmc.diffusions.overdamped_langevin`).
 
     Returns
     -------
@@ -216,7 +224,7 @@ def build_kernel(
     eta = check_positive("eta", eta)
     guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)
     guide_step_ratio = check_positive("guide_step_ratio", guide_step_ratio)
-    integrator = diffusions.overdamped_langevin()
+    integrator = diffusions.overdamped_langevin(check_noise(noise))
 
     def kernel(
         rng_key: PRNGKey,
@@ -240,6 +248,7 @@ def as_top_level_api(
     eta: float,
     guide_prior_precision: float = 0.0,
     guide_step_ratio: float = 1.0,
+    noise: str = "gaussian",
 ) -> SamplingAlgorithm:
     """Entropy-MCMC with an SGLD update of the joint, in BlackJAX's interface.
 
@@ -262,6 +271,9 @@ def as_top_level_api(
         law is the same for every ``r``; ``r = 1`` (the paper's sampler) moves the
         pair at half SGLD's speed wherever the coupling is stiff, ``r`` moves it at
         ``r / (1 + r)`` of it. Stable for ``step_size < 2 eta / (1 + r)``.
+    noise
+        ``"gaussian"`` or ``"rademacher"`` (same first two moments, cheaper; the
+        simplified weak Euler scheme).
 
     Returns
     -------
@@ -280,7 +292,7 @@ def as_top_level_api(
     >>> state.position.shape, state.guide.shape
     ((), ())
     """
-    kernel = build_kernel(eta, guide_prior_precision, guide_step_ratio)
+    kernel = build_kernel(eta, guide_prior_precision, guide_step_ratio, noise)
 
     return sgmcmc_algorithm(init, kernel, grad_estimator)
 
@@ -348,6 +360,7 @@ def sample_guide(
     eta: float,
     temperature: float = 1.0,
     guide_prior_precision: float = 0.0,
+    noise: str = "gaussian",
 ) -> ArrayTree:
     """Exact Gibbs draw of the guide given the position.
 
@@ -355,7 +368,8 @@ def sample_guide(
     (``lambda = guide_prior_precision``; ``N(theta, eta T I)`` for the paper's
     joint). Alternate it with any BlackJAX kernel on ``theta | theta_a`` (whose
     log-density is ``logdensity_fn(theta) - |theta - theta_a|^2 / (2 eta)``) for a
-    Gibbs sampler of the joint.
+    Gibbs sampler of the joint. ``noise="rademacher"`` draws random signs of the
+    same variance instead (cheaper, the same mean and covariance, not the exact law).
 
     Examples
     --------
@@ -369,8 +383,8 @@ def sample_guide(
     guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)
     shrink = 1.0 / (1.0 + eta * guide_prior_precision)
     scale = (eta * temperature * shrink) ** 0.5
-    noise = normal_like(rng_key, position)
-    return jax.tree.map(lambda x, n: shrink * x + scale * n, position, noise)
+    xi = langevin_noise(rng_key, position, check_noise(noise))
+    return jax.tree.map(lambda x, n: shrink * x + scale * n, position, xi)
 
 
 class ReferenceHyperparameters(NamedTuple):

@@ -33,6 +33,7 @@ from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
 from flatjax._util import (
     check_in_range,
+    check_noise,
     check_nonnegative,
     check_positive,
     concrete_or_none,
@@ -107,6 +108,7 @@ def build_kernel(
     beta: float = 0.0,
     guide_prior_precision: float = 0.0,
     guide_step_ratio: float = 1.0,
+    noise: str = "gaussian",
 ) -> Callable:
     """Build the Entropy-MCMC SGHMC kernel.
 
@@ -123,13 +125,15 @@ def build_kernel(
         Precision of an optional Gaussian prior on the guide.
     guide_step_ratio
         The guide's step as a multiple of the position's, > 0 (1: the paper's sampler).
+    noise
+        ``"gaussian"`` or ``"rademacher"`` (see :func:`flatjax.sgmcmc.diffusions.sghmc`).
     """
     eta = check_positive("eta", eta)
     alpha = check_in_range("alpha", alpha, 0.0, 1.0)
     beta = check_nonnegative("beta", beta)
     guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)
     guide_step_ratio = check_positive("guide_step_ratio", guide_step_ratio)
-    integrator = diffusions.sghmc(alpha, beta)
+    integrator = diffusions.sghmc(alpha, beta, check_noise(noise))
 
     def kernel(
         rng_key: PRNGKey,
@@ -157,6 +161,7 @@ def as_top_level_api(
     beta: float = 0.0,
     guide_prior_precision: float = 0.0,
     guide_step_ratio: float = 1.0,
+    noise: str = "gaussian",
 ) -> SamplingAlgorithm:
     """Entropy-MCMC with an SGHMC update of the joint, in BlackJAX's interface.
 
@@ -174,6 +179,8 @@ def as_top_level_api(
         Precision of a Gaussian prior on the guide; ``0`` is the paper's joint.
     guide_step_ratio
         The guide's step as a multiple of the position's, > 0 (1: the paper's sampler).
+    noise
+        ``"gaussian"`` or ``"rademacher"`` (random signs of the same variance).
 
     Examples
     --------
@@ -186,6 +193,6 @@ def as_top_level_api(
     >>> state.momentum.position.shape
     ()
     """
-    kernel = build_kernel(eta, alpha, beta, guide_prior_precision, guide_step_ratio)
+    kernel = build_kernel(eta, alpha, beta, guide_prior_precision, guide_step_ratio, noise)
 
     return sgmcmc_algorithm(init, kernel, grad_estimator)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
-from flatjax._util import check_in_range, check_matching_tree, check_nonnegative
+from flatjax._util import check_in_range, check_matching_tree, check_noise, check_nonnegative
 from flatjax.sgmcmc import diffusions
 from flatjax.sgmcmc._api import sgmcmc_algorithm
 
@@ -44,11 +44,14 @@ def init(position: ArrayLikeTree) -> SGHMCState:
     return SGHMCState(position, jax.tree.map(jnp.zeros_like, position))
 
 
-def build_kernel(alpha: float = 0.01, beta: float = 0.0) -> Callable:
-    """Build the kernel: momentum decay ``alpha`` in ``(0, 1]``, noise estimate ``beta >= 0``."""
+def build_kernel(alpha: float = 0.01, beta: float = 0.0, noise: str = "gaussian") -> Callable:
+    """Build the kernel: momentum decay ``alpha`` in ``(0, 1]``, noise estimate ``beta >= 0``.
+
+    ``noise``: ``"gaussian"`` or ``"rademacher"`` (random signs of the same variance).
+    """
     alpha = check_in_range("alpha", alpha, 0.0, 1.0)
     beta = check_nonnegative("beta", beta)
-    integrator = diffusions.sghmc(alpha, beta)
+    integrator = diffusions.sghmc(alpha, beta, check_noise(noise))
 
     def kernel(
         rng_key: PRNGKey,
@@ -68,9 +71,12 @@ def build_kernel(alpha: float = 0.01, beta: float = 0.0) -> Callable:
 
 
 def as_top_level_api(
-    grad_estimator: Callable, alpha: float = 0.01, beta: float = 0.0
+    grad_estimator: Callable, alpha: float = 0.01, beta: float = 0.0, noise: str = "gaussian"
 ) -> SamplingAlgorithm:
     """SGHMC with persistent momentum in BlackJAX's interface.
+
+    ``noise="rademacher"`` injects random signs instead of Gaussian increments (see
+    :func:`flatjax.sgmcmc.diffusions.sghmc`).
 
     Examples
     --------
@@ -80,6 +86,6 @@ def as_top_level_api(
     >>> state.position.shape
     (3,)
     """
-    kernel = build_kernel(alpha, beta)
+    kernel = build_kernel(alpha, beta, noise)
 
     return sgmcmc_algorithm(init, kernel, grad_estimator)

@@ -1,0 +1,75 @@
+"""Rademacher noise (random signs from packed bits) and the ``noise=`` option of the kernels."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flatjax
+from flatjax._util import rademacher_like
+from flatjax.sgmcmc import emcmc, sghmc, sgld
+
+
+def test_signs_are_fair_independent_and_shaped_like_the_tree():
+    """+-1 only; P(+1) = 1/2 and lag-1 / bit-position correlations 0, within 4 binomial SEs."""
+    tree = {"a": jnp.zeros((257, 129)), "b": jnp.zeros(5, jnp.bfloat16), "c": jnp.zeros(())}
+    signs = rademacher_like(jax.random.key(0), tree)
+    assert jax.tree.map(jnp.shape, signs) == jax.tree.map(jnp.shape, tree)
+    assert signs["b"].dtype == jnp.bfloat16
+    x = np.asarray(signs["a"], dtype=np.float64).ravel()
+    assert set(np.unique(x)) == {-1.0, 1.0}
+    se = 1.0 / math.sqrt(len(x))
+    assert abs(x.mean()) < 4 * se
+    assert abs(np.mean(x[1:] * x[:-1])) < 4 * se  # neighbours: adjacent bits of a word
+    assert abs(np.mean(x[32:] * x[:-32])) < 4 * se  # the same bit of adjacent words
+    again = rademacher_like(jax.random.key(0), tree)
+    other = rademacher_like(jax.random.key(1), tree)
+    np.testing.assert_array_equal(again["a"], signs["a"])
+    assert np.mean(np.asarray(other["a"]) == np.asarray(signs["a"])) < 0.6
+
+
+def test_noise_option_of_every_langevin_kernel():
+    """At T > 0 the rademacher kernels move every coordinate by exactly +-sqrt(2 h T)."""
+    grad = lambda p, b: jnp.zeros_like(p)
+    h, t = 0.02, 0.5
+    scale = math.sqrt(2 * h * t)
+    x = sgld.as_top_level_api(grad, noise="rademacher").step(
+        jax.random.key(0), jnp.zeros(64), None, h, t
+    )
+    np.testing.assert_allclose(np.abs(x), scale, rtol=1e-6)
+    s = flatjax.emcmc(grad, eta=1.0, noise="rademacher", guide_step_ratio=4.0)
+    state = s.step(jax.random.key(0), s.init(jnp.zeros(64)), None, h, t)
+    np.testing.assert_allclose(np.abs(state.position), scale, rtol=1e-6)
+    np.testing.assert_allclose(np.abs(state.guide), 2 * scale, rtol=1e-6)  # step r h
+    m = sghmc.as_top_level_api(grad, alpha=0.5, noise="rademacher")
+    state = m.step(jax.random.key(0), m.init(jnp.zeros(64)), None, h, t)
+    np.testing.assert_allclose(np.abs(state.momentum), math.sqrt(2 * 0.5 * h * t), rtol=1e-6)
+    guide = emcmc.sample_guide(jax.random.key(0), jnp.zeros(64), eta=0.3, noise="rademacher")
+    np.testing.assert_allclose(np.abs(guide), math.sqrt(0.3), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: flatjax.emcmc(lambda p, b: p, eta=1.0, noise="uniform"),
+        lambda: flatjax.emcmc_sghmc(lambda p, b: p, eta=1.0, noise="normal"),
+        lambda: sgld.as_top_level_api(lambda p, b: p, noise=None),
+        lambda: sghmc.as_top_level_api(lambda p, b: p, noise="signs"),
+        lambda: emcmc.sample_guide(jax.random.key(0), jnp.zeros(2), 1.0, noise="x"),
+    ],
+)
+def test_unknown_noise_is_refused_at_construction(build):
+    with pytest.raises(ValueError, match="`noise`"):
+        build()
+
+
+def test_flatjax_sgld_with_gaussian_noise_has_blackjax_sgld_moments():
+    """One step from 0 with zero gradient: the same N(0, 2 h T) per coordinate (4 SEs)."""
+    h, t, n = 0.1, 1.0, 20000
+    x = sgld.as_top_level_api(lambda p, b: jnp.zeros_like(p)).step(
+        jax.random.key(3), jnp.zeros(n), None, h, t
+    )
+    var = float(jnp.var(x))
+    assert abs(var - 2 * h * t) < 4 * 2 * h * t * math.sqrt(2 / n)

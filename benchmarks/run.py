@@ -12,7 +12,14 @@ import time
 
 from benchmarks import setup_data
 
-CLAIMS = ("toy_mixture", "classification", "eta_sweep", "corruption_shift", "transfer_fewshot")
+CLAIMS = (
+    "toy_mixture",
+    "flat_basin_landscape",
+    "classification",
+    "eta_sweep",
+    "corruption_shift",
+    "transfer_fewshot",
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,6 +61,13 @@ def _number(low: float, low_open: bool = True):
     return parse
 
 
+def _eta(text: str) -> float | None:
+    """``auto`` (``None``: the eta rule proposes it) or a finite number > 0."""
+    if text.strip().lower() == "auto":
+        return None
+    return _number(0.0)(text)
+
+
 def _hidden(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(t) for t in text.split(",") if t.strip())
@@ -113,7 +120,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     for flag, parse, text in (
         ("--lr", _number(0.0), "learning rate on the mean loss; the Langevin step is lr/N"),
         ("--temperature", non_negative, "posterior temperature T"),
-        ("--eta", _number(0.0), "Entropy-MCMC coupling variance (log-posterior scale)"),
+        (
+            "--eta",
+            _eta,
+            "Entropy-MCMC coupling variance (log-posterior scale), or 'auto': proposed "
+            "from the loss curvature at the start and the run's budget "
+            "(flatjax.sgmcmc.eta_rule.propose_eta)",
+        ),
         (
             "--guide-step-ratio",
             _number(0.0),
@@ -582,6 +595,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.exit(3, f"{parser.prog}: {c.method} diverged: {err}\n")
         except CheckpointError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
+        if "eta_proposal" in reports[-1]:
+            print(f"[flatjax] {c.method}: {reports[-1]['eta_proposal']['reason']}", flush=True)
     print()
     print(format_table(reports))
     out = Path(args.out)

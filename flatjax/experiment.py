@@ -46,7 +46,7 @@ from flatjax.inference import loop, optimizer
 from flatjax.nn import glue
 from flatjax.nn.models import make_model
 from flatjax.optim import sam as sam_lib
-from flatjax.sgmcmc import emcmc, emcmc_sghmc, entropy_sgd, schedules, sghmc, sgld
+from flatjax.sgmcmc import emcmc, emcmc_sghmc, entropy_sgd, eta_rule, schedules, sghmc, sgld
 from flatjax.vi import lowrank_gaussian as lrg
 from flatjax.vi import swag as swag_lib
 
@@ -102,7 +102,7 @@ class ExperimentConfig:
     batch_size: int = 64
     lr: float = 0.5
     temperature: float = 1e-3
-    eta: float = 4e-4
+    eta: float | None = 4e-4
     weight_decay: float = 5e-4
     guide_step_ratio: float = 1.0
     guide_weight_decay: float | None = None
@@ -157,8 +157,19 @@ class ExperimentConfig:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
         for name in ("lr", "eta"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
+            if value is None and name == "eta":
+                continue  # proposed by flatjax.sgmcmc.eta_rule (see run_experiment)
+            if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+        if self.eta is None and "entropy" in self.method:
+            raise ValueError(
+                f"`eta`=None (proposed by the eta rule) is for Entropy-MCMC; {self.method} "
+                "needs an explicit eta (its gamma = 1 / eta)"
+            )
+        if self.eta is None and self.method.startswith("emcmc") and not self.temperature > 0:
+            raise ValueError(
+                "`eta`=None needs `temperature` > 0 (the eta rule fixes eta * T); give eta"
+            )
         for name in ("temperature", "weight_decay"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -225,10 +236,10 @@ class ExperimentConfig:
                     f"training set has {data_size}"
                 )
             step = self.lr / data_size
-            bound = emcmc.max_stable_step(self.eta, self.guide_step_ratio)
+            bound = emcmc.max_stable_step(self.eta or 1.0, self.guide_step_ratio)
             if self.method in SGHMC_LIKE:
                 step, bound = step * self.friction, (2 - self.friction) * bound
-            if self.method.startswith("emcmc") and step >= bound:
+            if self.method.startswith("emcmc") and self.eta is not None and step >= bound:
                 raise ValueError(
                     f"step {step:.3g} (from `lr`={self.lr}) >= {bound:.3g}: Entropy-MCMC "
                     f"diverges unless lr/N < 2 eta / (1 + guide_step_ratio) (SGHMC: "
@@ -322,6 +333,55 @@ def build_method(
             num_inner_steps=config.inner_steps,
         )
     return kernel, step_size, temperature, collect
+
+
+def propose_experiment_eta(
+    config: ExperimentConfig,
+    apply_fn: Callable,
+    params: Any,
+    dataset: Any,
+    steps_per_epoch: int,
+    num_examples: int = 2048,
+) -> eta_rule.EtaProposal:
+    """``eta`` for ``config`` by :func:`flatjax.sgmcmc.eta_rule.propose_eta` at ``params``.
+
+    The curvature is measured on the mean cross-entropy over (up to) ``num_examples``
+    training examples drawn with the config's seed; the step size is the schedule's
+    largest Langevin step (the stability floor) and the integration time the sum of
+    the steps before the first sample is collected (the budget cap: one cycle of a
+    cyclical schedule, the burn-in half of a constant one), so that the guide has
+    relaxed to its smoothing scale by the time it is sampled.
+    """
+    n = int(dataset.x_train.shape[0])
+    rng = np.random.default_rng(config.seed)
+    rows = np.sort(rng.choice(n, min(num_examples, n), replace=False))
+    x, y = jnp.asarray(dataset.x_train[rows]), jnp.asarray(dataset.y_train[rows])
+    loglik = glue.categorical_loglikelihood(apply_fn)
+    loss_fn = lambda p: -jnp.mean(loglik(p, (x, y)))
+    placeholder = dataclasses.replace(config, eta=1.0)
+    _, step_size, _, _ = build_method(placeholder, lambda p, b: p, n, steps_per_epoch)
+    steps = np.asarray(
+        jax.vmap(lambda k: jnp.asarray(step_size(k) if callable(step_size) else step_size))(
+            jnp.arange(config.epochs * steps_per_epoch)
+        ),
+        dtype=np.float64,
+    )
+    if config.method in SGHMC_LIKE:
+        steps = steps / config.friction  # the positions move like SGLD with eps / alpha
+    # the guide must relax before the first sample is collected: within one cycle of a
+    # cyclical schedule, within the burn-in (the first half) of a constant one
+    first = steps.size // config.cycles if config.schedule_kind == "cyclical" else steps.size // 2
+    return eta_rule.propose_eta(
+        loss_fn,
+        params,
+        data_size=n,
+        temperature=config.temperature,
+        step_size=float(steps.max()),
+        rng_key=jax.random.fold_in(jax.random.key(config.seed), 3),
+        guide_step_ratio=config.guide_step_ratio,
+        prior_precision=n * config.weight_decay,
+        integration_time=float(steps[:first].sum()),
+    )
 
 
 def swag_schedule(base: float, swa_start: int, ratio: float) -> Callable:
@@ -477,13 +537,18 @@ def run_experiment(
     grad_fn = glue.grad_estimator(logprior, loglik, n)
     rows = config.batch_size * (config.inner_steps if "entropy" in config.method else 1)
     steps_per_epoch = n // rows
-    kernel, step_size, temperature, collect = build_method(config, grad_fn, n, steps_per_epoch)
-
     key = jax.random.key(config.seed)
     init_key, run_key = jax.random.split(key)
     is_swag = config.method == "swag"
     init_keys = jax.random.split(init_key, config.chains)
     params = jax.vmap(lambda k: model.init(k, x_train[:1])["params"])(init_keys)
+    proposal = None
+    if config.eta is None:
+        proposal = propose_experiment_eta(
+            config, apply_fn, jax.tree.map(lambda a: a[0], params), dataset, steps_per_epoch
+        )
+        config = dataclasses.replace(config, eta=proposal.eta)
+    kernel, step_size, temperature, collect = build_method(config, grad_fn, n, steps_per_epoch)
     state = jax.vmap(kernel.init)(params)
 
     predict = lambda p, x: jax.nn.softmax(apply_fn(p, x))
@@ -578,6 +643,8 @@ def run_experiment(
     }
     if swag_report is not None:
         report["swag"] = swag_report
+    if proposal is not None:
+        report["eta_proposal"] = proposal._asdict()
     y_test = jnp.asarray(dataset.y_test)
     bounds = np.cumsum([num_test, *(len(v) for v in ood_sets.values())])
     for name, probs in sets.items():

@@ -81,6 +81,11 @@ def test_compare_sam_and_swag(tmp_path):
         (["run", "--method", "swag", "--epochs", "8", "--swag-rank", "5"], "swag_rank"),
         (["run", "--method", "swag", "--swag-samples", "0"], "--swag-samples"),
         (["run", "--model", "vgg"], "--model"),
+        (["run", "--eta", "-1"], "--eta"),
+        (["run", "--schedule", "linear"], "--schedule"),
+        (["run", "--noise", "uniform"], "--noise"),
+        (["run", "--guide-step-ratio", "0"], "--guide-step-ratio"),
+        (["run", "--lr", "0.5", "--eta", "4e-4", "--guide-step-ratio", "10"], "guide_step_ratio"),
     ],
 )
 def test_bad_flags_give_one_line_errors(argv, message, capsys):
@@ -129,3 +134,16 @@ def test_checkpoint_and_resume_from_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main([*args, "--resume", "--seed", "7", "--out", str(tmp_path / "d")])
     assert "rng_key" in capsys.readouterr().err
+
+
+def test_eta_auto_and_the_new_flags_reach_the_config():
+    from flatjax.cli import _config, build_parser
+
+    args = build_parser().parse_args(
+        ["run", "--eta", "auto", "--guide-step-ratio", "10", "--schedule", "constant"]
+        + ["--guide-weight-decay", "0", "--noise", "rademacher", "--momentum", "0"]
+    )
+    config = _config(args, "emcmc")
+    assert config.eta is None and config.guide_step_ratio == 10.0
+    assert config.schedule == "constant" and config.guide_weight_decay == 0.0
+    assert config.noise == "rademacher" and config.momentum == 0.0

@@ -227,3 +227,29 @@ def test_shift_sets_are_scored_with_the_test_labels(digits):
             shift_x={"short": digits.x_test[:5]},
             progress=False,
         )
+
+
+def test_eta_none_is_proposed_by_the_rule_and_recorded(digits):
+    config = ExperimentConfig(
+        method="emcmc", eta=None, guide_step_ratio=4.0, collect_last=1, **TINY
+    )
+    report = run_experiment(config, digits, progress=False)
+    proposal = report["eta_proposal"]
+    assert report["config"]["eta"] == proposal["eta"] > 0
+    step = TINY["lr"] / len(digits.x_train)
+    assert proposal["eta"] >= (1 + 4.0) * step * 0.999  # the rule's stability floor
+    assert proposal["active"] in ("curvature", "budget", "stability")
+    assert _finite(report["sets"]["theta"])
+
+
+@pytest.mark.parametrize(
+    "fields, pattern",
+    [
+        ({"method": "entropy-sgd", "eta": None}, "entropy-sgd"),
+        ({"method": "emcmc", "eta": None, "temperature": 0.0}, "temperature"),
+        ({"method": "emcmc", "eta": "auto"}, "eta"),
+    ],
+)
+def test_eta_none_needs_entropy_mcmc_and_a_temperature(fields, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        ExperimentConfig(**fields).validate()

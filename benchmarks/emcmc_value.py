@@ -14,7 +14,8 @@ coupling (EMCMC)     ``emcmc-const[-r..]``   ``emcmc[-r..]``
 plus the reference protocol's SGD (``sgd-ref``: no momentum, the same cyclical
 schedule, collected like the samplers), the tuned SGD (momentum 0.9, cosine decay)
 and SWAG. ``-rR`` sets the guide's step ratio, ``-gwd0`` removes the weight decay on
-the guide (the paper's exact joint), ``-eta0.004`` sets eta.
+the guide (the paper's exact joint), ``-eta0.004`` sets eta and ``-etaauto`` lets
+:func:`flatjax.sgmcmc.eta_rule.propose_eta` choose it.
 
 Each finished run is appended at once to ``results/emcmc_value_<tag>.jsonl`` (one
 JSON object per line), and a run already there is skipped, so an interrupted
@@ -68,6 +69,8 @@ def variant(name: str) -> dict:
             out["guide_step_ratio"] = float(m.group(1))
         elif part == "gwd0":
             out["guide_weight_decay"] = 0.0
+        elif part == "etaauto":
+            out["eta"] = None
         elif m := re.fullmatch(r"eta([0-9.]+)", part):
             out["eta"] = float(m.group(1))
         else:
@@ -125,12 +128,11 @@ def run(args) -> None:
             if (name, seed, args.epochs) in done:
                 continue
             overrides = {**variant(name), **json.loads(args.set)}
-            cycles_ok = args.epochs // 4
             config = ExperimentConfig(
                 chains=args.chains,
                 epochs=args.epochs,
                 cycles=4,
-                collect_last=max(1, min(2, cycles_ok)),
+                collect_last=max(1, min(2, args.epochs // 8)),
                 hidden=tuple(args.hidden),
                 swag_rank=min(20, args.epochs - args.epochs // 2),
                 seed=seed,
@@ -150,6 +152,8 @@ def run(args) -> None:
                 "config": report["config"],
                 "sets": summarise(report),
                 "trace_final": {k: v[-1] for k, v in report["trace"].items()},
+                "trace": report["trace"],
+                "eta": report["config"]["eta"],
             }
             with path.open("a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -1,0 +1,55 @@
+"""``benchmarks/emcmc_value.py``: variant names, resumable records and the report."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.emcmc_value import variant  # noqa: E402
+
+
+def test_variant_names_map_to_config_overrides():
+    assert variant("csgld") == {"method": "csgld", "schedule": "cyclical"}
+    assert variant("emcmc-const-r10-gwd0-eta0.004") == {
+        "method": "emcmc",
+        "schedule": "constant",
+        "guide_step_ratio": 10.0,
+        "guide_weight_decay": 0.0,
+        "eta": 0.004,
+    }
+    assert variant("emcmc-r4-etaauto")["eta"] is None
+    assert variant("sgd-ref")["momentum"] == 0.0
+    with pytest.raises(ValueError, match="suffix"):
+        variant("emcmc-fast")
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant("adam")
+
+
+def test_runs_are_recorded_once_and_reported(tmp_path):
+    env = {**os.environ, "FLATJAX_BENCH_RESULTS": str(tmp_path)}
+    argv = [sys.executable, "-m", "benchmarks.emcmc_value", "--data", "digits", "--epochs", "4"]
+    argv += ["--chains", "1", "--seeds", "0", "--hidden", "16", "--no-shift", "--tag", "t"]
+    argv += ["--variants", "sgld,emcmc-const-r4-gwd0-etaauto"]
+    for _ in range(2):  # the second call finds both runs done and adds nothing
+        subprocess.run(argv, cwd=ROOT, env=env, check=True, timeout=300, capture_output=True)
+    records = [json.loads(x) for x in (tmp_path / "emcmc_value_t.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in records] == ["sgld", "emcmc-const-r4-gwd0-etaauto"]
+    assert set(records[1]["sets"]) == {"theta", "guide", "pooled"}
+    assert records[1]["eta"] > 0 and records[1]["config"]["guide_step_ratio"] == 4.0
+    subprocess.run(
+        [*argv[:3], "--tag", "t", "--report", "--against", "sgld"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    md = (tmp_path / "emcmc_value_t.md").read_text()
+    assert "emcmc-const-r4-gwd0-etaauto (guide)" in md and "minus `sgld`" in md
+    assert (tmp_path / "emcmc_value_t.png").exists()

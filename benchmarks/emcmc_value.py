@@ -14,8 +14,9 @@ coupling (EMCMC)     ``emcmc-const[-r..]``   ``emcmc[-r..]``
 plus the reference protocol's SGD (``sgd-ref``: no momentum, the same cyclical
 schedule, collected like the samplers), the tuned SGD (momentum 0.9, cosine decay)
 and SWAG. ``-rR`` sets the guide's step ratio, ``-gwd0`` removes the weight decay on
-the guide (the paper's exact joint), ``-eta0.004`` sets eta and ``-etaauto`` lets
-:func:`flatjax.sgmcmc.eta_rule.propose_eta` choose it.
+the guide (the paper's exact joint), ``-gwd`` copies theta's (the reference code),
+``-eta0.004`` sets eta and ``-etaauto`` lets :func:`flatjax.sgmcmc.eta_rule.propose_eta`
+choose it.
 
 Each finished run is appended at once to ``results/emcmc_value_<tag>.jsonl`` (one
 JSON object per line), and a run already there is skipped, so an interrupted
@@ -41,6 +42,7 @@ from benchmarks._common import RESULTS, mean_sd, table
 from flatjax.data import CORRUPTIONS, corrupt, load_digits, load_mnist_like, make_ood
 from flatjax.experiment import ExperimentConfig, run_experiment
 
+PAPER = dict(guide_step_ratio=1.0, guide_weight_decay=None, eta=4e-4)
 #: base variants; suffixes -rR, -gwd0, -etaX modify them (see :func:`variant`)
 BASE = {
     "sgld": dict(method="sgld", schedule="constant"),
@@ -48,8 +50,12 @@ BASE = {
     "sgd-ref": dict(method="sgd", schedule="cyclical", momentum=0.0),
     "sgd": dict(method="sgd"),
     "swag": dict(method="swag"),
-    "emcmc": dict(method="emcmc", schedule="cyclical"),
-    "emcmc-const": dict(method="emcmc", schedule="constant"),
+    # Entropy-MCMC variants start from the paper's knobs (r = 1, the guide's weight decay
+    # copied from theta's, eta = 4e-4), whatever ExperimentConfig's defaults are
+    "emcmc": dict(method="emcmc", schedule="cyclical", **PAPER),
+    "emcmc-const": dict(method="emcmc", schedule="constant", **PAPER),
+    # ExperimentConfig's own Entropy-MCMC defaults
+    "emcmc-default": dict(method="emcmc"),
 }
 SEVERITIES = (3, 5)
 
@@ -69,8 +75,10 @@ def variant(name: str) -> dict:
             out["guide_step_ratio"] = float(m.group(1))
         elif part == "gwd0":
             out["guide_weight_decay"] = 0.0
+        elif part == "gwd":  # the reference code: the guide's weight decay = theta's
+            out["guide_weight_decay"] = None
         elif part == "etaauto":
-            out["eta"] = None
+            out["eta"] = "auto"
         elif m := re.fullmatch(r"eta([0-9.]+)", part):
             out["eta"] = float(m.group(1))
         else:

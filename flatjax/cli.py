@@ -61,10 +61,10 @@ def _number(low: float, low_open: bool = True):
     return parse
 
 
-def _eta(text: str) -> float | None:
-    """``auto`` (``None``: the eta rule proposes it) or a finite number > 0."""
+def _eta(text: str) -> float | str:
+    """``auto`` (the eta rule proposes it) or a finite number > 0."""
     if text.strip().lower() == "auto":
-        return None
+        return "auto"
     return _number(0.0)(text)
 
 
@@ -123,8 +123,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         (
             "--eta",
             _eta,
-            "Entropy-MCMC coupling variance (log-posterior scale), or 'auto': proposed "
-            "from the loss curvature at the start and the run's budget "
+            "Entropy-MCMC coupling variance (log-posterior scale); default: the paper's "
+            "4e-4, raised to (1 + r) lr/N where the step needs it; 'auto': proposed from "
+            "the loss curvature at the start and the run's budget "
             "(flatjax.sgmcmc.eta_rule.propose_eta)",
         ),
         (
@@ -136,8 +137,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         (
             "--guide-weight-decay",
             non_negative,
-            "Entropy-MCMC: weight decay on the guide (default: --weight-decay, as the "
-            "reference code; 0 is the paper's exact joint)",
+            "Entropy-MCMC: weight decay on the guide (default 0: the paper's exact joint; "
+            "the reference code uses --weight-decay, which doubles theta's)",
         ),
         (
             "--momentum",

@@ -72,7 +72,7 @@ def test_compare_sam_and_swag(tmp_path):
         (["run", "--chains", "0"], "--chains"),
         (["run", "--hidden", "a,b"], "--hidden"),
         (["run", "--epochs", "2", "--cycles", "4"], "epochs"),
-        (["run", "--lr", "5"], "eta"),
+        (["run", "--lr", "5", "--eta", "4e-4"], "eta"),
         (["run", "--batch-size", "100000"], "batch_size"),
         (["run", "--data", "fashion", "--data-dir", "/nonexistent"], "nonexistent"),
         (["compare", "--methods", "emcmc,bogus"], "bogus"),
@@ -144,6 +144,6 @@ def test_eta_auto_and_the_new_flags_reach_the_config():
         + ["--guide-weight-decay", "0", "--noise", "rademacher", "--momentum", "0"]
     )
     config = _config(args, "emcmc")
-    assert config.eta is None and config.guide_step_ratio == 10.0
+    assert config.eta == "auto" and config.guide_step_ratio == 10.0
     assert config.schedule == "constant" and config.guide_weight_decay == 0.0
     assert config.noise == "rademacher" and config.momentum == 0.0

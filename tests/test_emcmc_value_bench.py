@@ -23,7 +23,17 @@ def test_variant_names_map_to_config_overrides():
         "guide_weight_decay": 0.0,
         "eta": 0.004,
     }
-    assert variant("emcmc-r4-etaauto")["eta"] is None
+    assert variant("emcmc-r10-gwd0")["eta"] == 4e-4
+    assert variant("emcmc-r4-etaauto")["eta"] == "auto"
+    assert variant("emcmc") == {
+        "method": "emcmc",
+        "schedule": "cyclical",
+        "guide_step_ratio": 1.0,
+        "guide_weight_decay": None,
+        "eta": 4e-4,
+    }
+    assert variant("emcmc-default") == {"method": "emcmc"}
+    assert variant("emcmc-r1-gwd-eta0.0004")["guide_weight_decay"] is None
     assert variant("sgd-ref")["momentum"] == 0.0
     with pytest.raises(ValueError, match="suffix"):
         variant("emcmc-fast")

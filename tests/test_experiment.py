@@ -202,7 +202,7 @@ def test_bad_schedule_and_guide_settings_name_the_field(fields, pattern):
 
 
 def test_guide_step_ratio_tightens_the_stability_check():
-    ok = ExperimentConfig(method="emcmc", eta=1e-3, lr=0.5)
+    ok = ExperimentConfig(method="emcmc", eta=1e-3, lr=0.5, guide_step_ratio=1.0)
     ok.validate(1000)  # step 5e-4 < 2 eta / 2
     with pytest.raises(ValueError, match="guide_step_ratio"):
         ok.__class__(method="emcmc", eta=1e-3, lr=0.5, guide_step_ratio=4.0).validate(1000)
@@ -229,9 +229,24 @@ def test_shift_sets_are_scored_with_the_test_labels(digits):
         )
 
 
-def test_eta_none_is_proposed_by_the_rule_and_recorded(digits):
+def test_default_eta_is_the_papers_raised_to_the_stability_floor():
+    from flatjax.experiment import build_method, default_eta
+
+    assert default_eta(ExperimentConfig(method="emcmc"), 60000) == 4e-4
+    assert default_eta(ExperimentConfig(method="emcmc", guide_step_ratio=10.0), 1000) == 11 * 5e-4
+    assert default_eta(ExperimentConfig(method="entropy-sgd"), 10) == 4e-4
+    ExperimentConfig(method="emcmc").validate(1437)  # r = 10 on digits: eta is raised
+    # build_method resolves None the same way; a concrete step at the floor is stable
+    kernel = build_method(ExperimentConfig(method="emcmc"), lambda p, b: -p, 1000, 1)[0]
+    state = kernel.init(jnp.ones(2))
+    kernel.step(jax.random.key(0), state, None, 0.5 / 1000)
+    with pytest.raises(ValueError, match="auto"):
+        build_method(ExperimentConfig(method="emcmc", eta="auto"), lambda p, b: -p, 1000, 1)
+
+
+def test_eta_auto_is_proposed_by_the_rule_and_recorded(digits):
     config = ExperimentConfig(
-        method="emcmc", eta=None, guide_step_ratio=4.0, collect_last=1, **TINY
+        method="emcmc", eta="auto", guide_step_ratio=4.0, collect_last=1, **TINY
     )
     report = run_experiment(config, digits, progress=False)
     proposal = report["eta_proposal"]
@@ -245,9 +260,10 @@ def test_eta_none_is_proposed_by_the_rule_and_recorded(digits):
 @pytest.mark.parametrize(
     "fields, pattern",
     [
-        ({"method": "entropy-sgd", "eta": None}, "entropy-sgd"),
-        ({"method": "emcmc", "eta": None, "temperature": 0.0}, "temperature"),
-        ({"method": "emcmc", "eta": "auto"}, "eta"),
+        ({"method": "entropy-sgd", "eta": "auto"}, "entropy-sgd"),
+        ({"method": "emcmc", "eta": "auto", "temperature": 0.0}, "temperature"),
+        ({"method": "emcmc", "eta": "fast"}, "eta"),
+        ({"method": "emcmc", "eta": -1.0}, "eta"),
     ],
 )
 def test_eta_none_needs_entropy_mcmc_and_a_temperature(fields, pattern):

@@ -1,6 +1,6 @@
 """Run loop (epochs in ``lax.scan``, vmapped chains), streaming BMA, optax baselines."""
 
-from flatjax.inference import bma, checkpoint, loop, optimizer, sharding
+from flatjax.inference import bma, checkpoint, compile_cache, loop, optimizer, sharding
 from flatjax.inference.loop import DivergenceError, RunResult, every, last_epochs_of_cycles, run
 
 __all__ = [
@@ -8,6 +8,7 @@ __all__ = [
     "RunResult",
     "bma",
     "checkpoint",
+    "compile_cache",
     "every",
     "last_epochs_of_cycles",
     "loop",

@@ -13,10 +13,20 @@ for epoch ``e`` and chain ``c``,
 remainder is dropped) and step ``i`` uses ``jax.random.split(steps_key, num_batches)[i]``.
 The global step ``epoch * num_batches + i`` feeds the step-size and temperature
 schedules.
+
+Compilation: the epoch and the collection of a sample are module-level programs of the
+static configuration (the kernel's ``step``, the schedules, ``trace_fn``,
+``sample_fn``/``predict_fn``, sizes and flags) with the state, data, keys and ``eval_x``
+as arguments. A second :func:`run` with the same functions and data of the same shapes
+reuses the compiled programs as they are; fresh closures over equal values (a new
+kernel built by the same code) are traced again but share the executable through
+:mod:`flatjax.inference.compile_cache`. Constant step sizes and temperatures compare by
+value.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -28,6 +38,7 @@ import numpy as np
 from blackjax.types import ArrayTree, PRNGKey
 
 from flatjax.inference import bma as bma_lib
+from flatjax.inference import compile_cache
 from flatjax.inference import sharding as sharding_lib
 from flatjax.inference.checkpoint import CheckpointError, RunCheckpointer
 
@@ -101,13 +112,22 @@ def last_epochs_of_cycles(num_epochs: int, num_cycles: int, num_last: int) -> Ca
     return lambda e: (e % cycle) >= cycle - num_last
 
 
-def _as_schedule(name: str, value) -> Schedule:
+class _Constant(NamedTuple):
+    """A constant schedule; equal values compare equal, so they share compiled epochs."""
+
+    value: float
+
+    def __call__(self, step: jax.Array) -> jax.Array:
+        return jnp.asarray(self.value, jnp.float32)
+
+
+def _as_schedule(name: str, value: float | Schedule) -> Schedule:
     if callable(value):
         return value
     v = float(value)
     if not np.isfinite(v) or v < 0:
         raise ValueError(f"`{name}` must be a finite number >= 0 or a schedule, got {value!r}")
-    return lambda step: jnp.asarray(v, jnp.float32)
+    return _Constant(v)
 
 
 def _progress_enabled(progress: bool | None) -> bool:
@@ -116,10 +136,227 @@ def _progress_enabled(progress: bool | None) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def _default_sample_fn(state) -> dict:
+def _default_sample_fn(state: Any) -> dict:
     if hasattr(state, "guide"):
         return {"theta": state.position, "guide": state.guide}
     return {"theta": getattr(state, "position", state)}
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    return value
+
+
+def _as_data(data: jax.Array | Sequence[jax.Array]) -> tuple[tuple[jax.Array, ...], bool]:
+    """``(arrays, single_array)``: ``data`` as a tuple of device arrays with equal rows."""
+    single_array = not isinstance(data, tuple | list)
+    arrays = (jnp.asarray(data),) if single_array else tuple(jnp.asarray(d) for d in data)
+    if not arrays:
+        raise ValueError("`data` must hold at least one array")
+    n = arrays[0].shape[0]
+    for i, d in enumerate(arrays):
+        if d.shape[0] != n:
+            raise ValueError(
+                f"`data` arrays disagree on the number of rows: data[0] has {n}, "
+                f"data[{i}] has {d.shape[0]}"
+            )
+    return arrays, single_array
+
+
+# --- the jitted programs ------------------------------------------------------------
+#
+# Each program is a module-level function of a hashable *spec* (the static
+# configuration: functions by identity, sizes, flags) and of array arguments (state,
+# data, keys). ``_epoch_program(spec)`` is cached on the spec, so a run with the same
+# functions reuses the traced program; :func:`compile_cache.shared_jit` shares the
+# executable between specs whose programs lower to the same text (fresh closures over
+# equal values, as built by every call of ``run_experiment``).
+
+
+class _EpochSpec(NamedTuple):
+    """Static configuration of the jitted epoch (everything but array shapes)."""
+
+    step: Callable
+    step_size_fn: Schedule
+    temperature_fn: Schedule
+    trace_fn: Callable | None
+    rows_per_step: int
+    batch_shape: tuple[int, ...]
+    single_array: bool
+    vectorize_chains: bool
+    place: sharding_lib.Placement
+
+
+class _CollectSpec(NamedTuple):
+    """Static configuration of the jitted collection of one sample."""
+
+    sample_fn: Callable
+    predict_fn: Callable | None
+    place: sharding_lib.Placement
+
+
+def _chain_epoch(
+    spec: _EpochSpec, state: Any, chain_key: PRNGKey, epoch: jax.Array, data: tuple
+) -> Any:
+    """One chain's epoch: a fresh permutation, ``N // rows_per_step`` kernel steps."""
+    n = data[0].shape[0]
+    num_batches = n // spec.rows_per_step
+    perm_key, steps_key = jax.random.split(chain_key)
+    perm = jax.random.permutation(perm_key, n)
+    step_keys = jax.random.split(steps_key, num_batches)
+
+    def body(state, inputs):
+        i, key = inputs
+        idx = jax.lax.dynamic_slice_in_dim(perm, i * spec.rows_per_step, spec.rows_per_step)
+        idx = idx.reshape(spec.batch_shape)
+        minibatch = data[0][idx] if spec.single_array else tuple(d[idx] for d in data)
+        minibatch = spec.place.constrain_batch(minibatch, axis=len(spec.batch_shape) - 1)
+        step = epoch * num_batches + i
+        state = spec.step(key, state, minibatch, spec.step_size_fn(step), spec.temperature_fn(step))
+        return state, None
+
+    state, _ = jax.lax.scan(body, state, (jnp.arange(num_batches), step_keys))
+    return state
+
+
+def _all_finite(state: Any) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)]).all()
+
+
+def _run_epoch(
+    spec: _EpochSpec, state: Any, epoch: jax.Array, data: tuple, rng_key: PRNGKey
+) -> tuple[Any, jax.Array, dict]:
+    """Every chain's epoch ``epoch``; returns ``(state, finite per chain, traces)``."""
+    place = spec.place
+    num_chains = jax.tree.leaves(state)[0].shape[0]
+    keys = jax.random.split(jax.random.fold_in(rng_key, epoch), num_chains)
+    keys = place.constrain_chains(keys)
+    if spec.vectorize_chains:
+        epoch_fn = jax.vmap(
+            lambda s, k: _chain_epoch(spec, s, k, epoch, data), spmd_axis_name=place.chain_axis
+        )
+        state = epoch_fn(state, keys)
+    else:
+        state = jax.lax.map(lambda sk: _chain_epoch(spec, sk[0], sk[1], epoch, data), (state, keys))
+    state = place.constrain_chains(state)
+    finite = jax.vmap(_all_finite)(state)
+    theta = _default_sample_fn(state)["theta"]
+    traces = jax.vmap(spec.trace_fn)(theta) if spec.trace_fn else {}
+    return state, *place.constrain_replicated((finite, traces))
+
+
+def _collect_sample(
+    spec: _CollectSpec,
+    state: Any,
+    buffers: dict | None,
+    bmas: dict | None,
+    slot: jax.Array,
+    eval_x: jax.Array | None,
+) -> tuple[dict | None, dict | None]:
+    """Write ``sample_fn(state)`` into buffer ``slot`` and add its predictive to the BMA."""
+    named = spec.sample_fn(state)
+    if buffers is not None:
+        buffers = {
+            k: jax.tree.map(lambda b, s: b.at[slot].set(s), buffers[k], named[k]) for k in named
+        }
+    if bmas is not None:
+        predict = jax.vmap(
+            lambda p: bma_lib.batched_predict(spec.predict_fn, p, eval_x),
+            spmd_axis_name=spec.place.chain_axis,
+        )
+        bmas = {k: bma_lib.update(bmas[k], predict(named[k])) for k in named}
+    return buffers, bmas
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_program(fn: Callable, spec: tuple) -> Callable:
+    return compile_cache.shared_jit(functools.partial(fn, spec))
+
+
+def _program(fn: Callable, spec: tuple) -> Callable:
+    """``fn`` with ``spec`` bound, jitted; the same object for equal specs."""
+    try:
+        return _cached_program(fn, spec)
+    except TypeError:  # an unhashable callable in the spec: no reuse across runs
+        return compile_cache.shared_jit(functools.partial(fn, spec))
+
+
+# --- host-side parts of a run -------------------------------------------------------
+
+
+def _chain_shapes(tree: Any) -> Any:
+    """Shapes of one chain's slice of ``tree`` (leading chain axis dropped)."""
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), tree)
+
+
+def _init_collection(
+    state: Any,
+    sample_fn: Callable,
+    predict_fn: Callable | None,
+    eval_x: jax.Array | None,
+    num_collect: int,
+    keep_samples: bool,
+) -> tuple[dict | None, dict | None]:
+    """Empty sample buffers ``(num_collect, num_chains, ...)`` and BMA accumulators."""
+    named0 = jax.eval_shape(sample_fn, state)
+    buffers = None
+    if keep_samples and num_collect:
+        buffers = jax.tree.map(lambda s: jnp.zeros((num_collect, *s.shape), s.dtype), named0)
+    bmas = None
+    if predict_fn is not None and eval_x is not None:
+        num_chains = jax.tree.leaves(state)[0].shape[0]
+        probe = jax.eval_shape(lambda p: predict_fn(p, eval_x[:1]), _chain_shapes(named0["theta"]))
+        bmas = {k: bma_lib.init(num_chains, eval_x.shape[0], probe.shape[-1]) for k in named0}
+    return buffers, bmas
+
+
+def _init_trace(trace_fn: Callable | None, state: Any, num_epochs: int) -> dict:
+    """NaN-filled ``{metric: (num_epochs, num_chains)}`` host arrays for ``trace_fn``."""
+    if not trace_fn:
+        return {}
+    num_chains = jax.tree.leaves(state)[0].shape[0]
+    theta = _default_sample_fn(jax.eval_shape(lambda: state))["theta"]
+    shapes = jax.eval_shape(trace_fn, _chain_shapes(theta))
+    return {k: np.full((num_epochs, num_chains), np.nan, np.float32) for k in shapes}
+
+
+def _open_checkpointer(
+    checkpoint_dir: str | os.PathLike, signature: dict, resume: bool, template: dict
+) -> tuple[RunCheckpointer, dict | None]:
+    """The run's checkpointer and, with ``resume``, the newest checkpoint restored."""
+    checkpointer = RunCheckpointer(checkpoint_dir, signature)
+    if resume:
+        return checkpointer, checkpointer.restore(template)
+    if checkpointer.latest_epoch() is not None:
+        raise CheckpointError(
+            f"{checkpoint_dir} already holds checkpoints; pass resume=True to continue "
+            f"that run or use an empty directory"
+        )
+    return checkpointer, None
+
+
+def _as_device_arrays(tree: Any) -> Any:
+    """Leaves as ``jax.Array``s, so every epoch sees the same argument types."""
+    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+
+
+def _result(
+    state: Any,
+    buffers: dict | None,
+    bmas: dict | None,
+    trace: dict,
+    collect_epochs: list[int],
+    epochs_done: int,
+    diverged: tuple[int, list[int]] | None = None,
+) -> RunResult:
+    """The :class:`RunResult` after ``epochs_done`` epochs."""
+    collected = [e for e in collect_epochs if e < epochs_done]
+    samples = None
+    if buffers is not None:
+        samples = jax.tree.map(lambda b: b[: len(collected)], buffers)
+    traces = {k: v[:epochs_done] for k, v in trace.items()}
+    return RunResult(state, samples, bmas, traces, collected, diverged)
 
 
 def run(
@@ -238,137 +475,60 @@ def run(
         raise ValueError("`vectorize_chains=False` cannot be combined with a `mesh`")
     if on_divergence not in ("raise", "stop"):
         raise ValueError(f"`on_divergence` must be 'raise' or 'stop', got {on_divergence!r}")
-    single_array = not isinstance(data, tuple | list)
-    data = (jnp.asarray(data),) if single_array else tuple(jnp.asarray(d) for d in data)
-    if not data:
-        raise ValueError("`data` must hold at least one array")
+    data, single_array = _as_data(data)
     n = data[0].shape[0]
-    for i, d in enumerate(data):
-        if d.shape[0] != n:
-            raise ValueError(
-                f"`data` arrays disagree on the number of rows: data[0] has {n}, "
-                f"data[{i}] has {d.shape[0]}"
-            )
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
-        raise ValueError(f"`num_epochs` must be a positive integer, got {num_epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+    _positive_int("num_epochs", num_epochs)
+    _positive_int("batch_size", batch_size)
     if batch_size > n:
         raise ValueError(f"`batch_size`={batch_size} exceeds the number of data rows {n}")
-    if (
-        isinstance(minibatches_per_step, bool)
-        or not isinstance(minibatches_per_step, int)
-        or minibatches_per_step < 1
-    ):
-        raise ValueError(
-            f"`minibatches_per_step` must be a positive integer, got {minibatches_per_step!r}"
-        )
+    _positive_int("minibatches_per_step", minibatches_per_step)
     rows_per_step = batch_size * minibatches_per_step
     if rows_per_step > n:
         raise ValueError(
             f"`batch_size` * `minibatches_per_step` = {rows_per_step} exceeds the "
             f"number of data rows {n}"
         )
-    num_batches = n // rows_per_step
-    batch_shape = (batch_size,) if minibatches_per_step == 1 else (minibatches_per_step, batch_size)
-    step_size_fn = _as_schedule("step_size", step_size)
-    temperature_fn = _as_schedule("temperature", temperature)
+    if resume and checkpoint_dir is None:
+        raise ValueError("`resume=True` needs a `checkpoint_dir`")
     collect = collect if collect is not None else (lambda e: e == num_epochs - 1)
     sample_fn = sample_fn or _default_sample_fn
     num_chains = jax.tree.leaves(initial_state)[0].shape[0]
     place = sharding_lib.placement(mesh, num_chains, batch_size)
     data = place.put_replicated(data)
     collect_epochs = [e for e in range(num_epochs) if collect(e)]
-
-    def chain_epoch(state, chain_key, epoch, data):
-        perm_key, steps_key = jax.random.split(chain_key)
-        perm = jax.random.permutation(perm_key, n)
-        step_keys = jax.random.split(steps_key, num_batches)
-
-        def body(state, inputs):
-            i, key = inputs
-            idx = jax.lax.dynamic_slice_in_dim(perm, i * rows_per_step, rows_per_step)
-            idx = idx.reshape(batch_shape)
-            minibatch = data[0][idx] if single_array else tuple(d[idx] for d in data)
-            minibatch = place.constrain_batch(minibatch, axis=len(batch_shape) - 1)
-            step = epoch * num_batches + i
-            state = algorithm.step(key, state, minibatch, step_size_fn(step), temperature_fn(step))
-            return state, None
-
-        state, _ = jax.lax.scan(body, state, (jnp.arange(num_batches), step_keys))
-        return state
-
-    def all_finite(state):
-        leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)]
-        return jnp.stack(leaves).all()
-
-    @jax.jit
-    def run_epoch(state, epoch, data):
-        keys = jax.random.split(jax.random.fold_in(rng_key, epoch), num_chains)
-        keys = place.constrain_chains(keys)
-        if vectorize_chains:
-            epoch_fn = jax.vmap(
-                chain_epoch, in_axes=(0, 0, None, None), spmd_axis_name=place.chain_axis
-            )
-            state = epoch_fn(state, keys, epoch, data)
-        else:
-            state = jax.lax.map(lambda sk: chain_epoch(sk[0], sk[1], epoch, data), (state, keys))
-        state = place.constrain_chains(state)
-        finite = jax.vmap(all_finite)(state)
-        traces = jax.vmap(trace_fn)(_default_sample_fn(state)["theta"]) if trace_fn else {}
-        return state, *place.constrain_replicated((finite, traces))
-
+    run_epoch = _program(
+        _run_epoch,
+        _EpochSpec(
+            step=algorithm.step,
+            step_size_fn=_as_schedule("step_size", step_size),
+            temperature_fn=_as_schedule("temperature", temperature),
+            trace_fn=trace_fn,
+            rows_per_step=rows_per_step,
+            batch_shape=(batch_size,)
+            if minibatches_per_step == 1
+            else (minibatches_per_step, batch_size),
+            single_array=single_array,
+            vectorize_chains=vectorize_chains,
+            place=place,
+        ),
+    )
     use_bma = predict_fn is not None and eval_x is not None
     if use_bma:
         eval_x = place.put_replicated(jnp.asarray(eval_x))
-
-    @jax.jit
-    def collect_sample(state, buffers, bmas, slot, eval_x):
-        named = sample_fn(state)
-        if buffers is not None:
-            buffers = {
-                k: jax.tree.map(lambda b, s: b.at[slot].set(s), buffers[k], named[k]) for k in named
-            }
-        if bmas is not None:
-            bmas = {
-                k: bma_lib.update(
-                    bmas[k],
-                    jax.vmap(
-                        lambda p: bma_lib.batched_predict(predict_fn, p, eval_x),
-                        spmd_axis_name=place.chain_axis,
-                    )(named[k]),
-                )
-                for k in named
-            }
-        return buffers, bmas
+    collect_sample = _program(
+        _collect_sample, _CollectSpec(sample_fn, predict_fn if use_bma else None, place)
+    )
 
     state = initial_state
-    named0 = jax.eval_shape(sample_fn, state)
-    buffers = None
-    if keep_samples and collect_epochs:
-        buffers = jax.tree.map(
-            lambda s: jnp.zeros((len(collect_epochs), *s.shape), s.dtype), named0
-        )
-    bmas = None
-    if use_bma:
-        probe = jax.eval_shape(
-            lambda p: predict_fn(p, eval_x[:1]),
-            jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), named0["theta"]),
-        )
-        bmas = {k: bma_lib.init(num_chains, eval_x.shape[0], probe.shape[-1]) for k in named0}
-
-    trace_shapes = (
-        jax.eval_shape(
-            trace_fn,
-            jax.tree.map(
-                lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype),
-                _default_sample_fn(jax.eval_shape(lambda: state))["theta"],
-            ),
-        )
-        if trace_fn
-        else {}
+    buffers, bmas = _init_collection(
+        state,
+        sample_fn,
+        predict_fn if use_bma else None,
+        eval_x,
+        len(collect_epochs),
+        keep_samples,
     )
-    trace = {k: np.full((num_epochs, num_chains), np.nan, np.float32) for k in trace_shapes}
+    trace = _init_trace(trace_fn, state, num_epochs)
     next_epoch = 0
     checkpointer = None
     if checkpoint_dir is not None:
@@ -381,70 +541,51 @@ def run(
             "rng_key": np.asarray(jax.random.key_data(rng_key)).tolist(),
             "state_structure": str(jax.tree.structure(state)),
             "collect_epochs": collect_epochs,
-            "sample_names": sorted(named0),
+            "sample_names": sorted(jax.eval_shape(sample_fn, state)),
             "bma": use_bma,
         }
-        checkpointer = RunCheckpointer(checkpoint_dir, signature)
-        if resume:
-            template = {
-                "state": state,
-                "buffers": buffers,
-                "bmas": bmas,
-                "trace": trace,
-                "next_epoch": np.asarray(0),
-            }
-            restored = checkpointer.restore(template)
+        template = {
+            "state": state,
+            "buffers": buffers,
+            "bmas": bmas,
+            "trace": trace,
+            "next_epoch": np.asarray(0),
+        }
+        checkpointer, restored = _open_checkpointer(checkpoint_dir, signature, resume, template)
+        if restored is not None:
             state, buffers, bmas = restored["state"], restored["buffers"], restored["bmas"]
             trace = {k: np.array(v) for k, v in restored["trace"].items()}
             next_epoch = int(restored["next_epoch"])
-        elif checkpointer.latest_epoch() is not None:
-            raise CheckpointError(
-                f"{checkpoint_dir} already holds checkpoints; pass resume=True to continue "
-                f"that run or use an empty directory"
-            )
-    elif resume:
-        raise ValueError("`resume=True` needs a `checkpoint_dir`")
+    state, buffers, bmas = _as_device_arrays((state, buffers, bmas))
     state, bmas = place.put_chains((state, bmas))
     buffers = place.put_chains(buffers, axis=1)
 
-    diverged = None
     bar = None
     if _progress_enabled(progress):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_epochs, initial=next_epoch, desc="epochs", unit="epoch")
-
-    def result(epochs_done: int) -> RunResult:
-        collected = [e for e in collect_epochs if e < epochs_done]
-        samples = None
-        if buffers is not None:
-            samples = jax.tree.map(lambda b: b[: len(collected)], buffers)
-        traces = {k: v[:epochs_done] for k, v in trace.items()}
-        return RunResult(state, samples, bmas, traces, collected, diverged)
-
     try:
         for epoch in range(next_epoch, num_epochs):
-            new_state, finite, traces = run_epoch(state, epoch, data)
+            new_state, finite, traces = run_epoch(state, epoch, data, rng_key)
             finite = np.asarray(finite)
             if not finite.all():
                 bad = [int(c) for c in np.flatnonzero(~finite)]
-                diverged = (epoch, bad)
-                done = result(epoch)
-                message = (
-                    f"non-finite state (NaN/inf) in chain(s) {bad} during epoch {epoch}; "
-                    f"{len(done.collected_epochs)} sample(s) collected before it are kept. "
-                    f"Lower the step size or check the model and data."
-                )
+                done = _result(state, buffers, bmas, trace, collect_epochs, epoch, (epoch, bad))
                 if on_divergence == "raise":
-                    raise DivergenceError(message, done)
+                    raise DivergenceError(
+                        f"non-finite state (NaN/inf) in chain(s) {bad} during epoch {epoch}; "
+                        f"{len(done.collected_epochs)} sample(s) collected before it are kept. "
+                        f"Lower the step size or check the model and data.",
+                        done,
+                    )
                 return done
             state = new_state
             for k, v in traces.items():
                 trace[k][epoch] = np.asarray(v)
             if epoch in collect_epochs:
-                buffers, bmas = collect_sample(
-                    state, buffers, bmas, collect_epochs.index(epoch), eval_x
-                )
+                slot = collect_epochs.index(epoch)
+                buffers, bmas = collect_sample(state, buffers, bmas, slot, eval_x)
             if checkpointer is not None and (
                 (epoch + 1) % checkpoint_every == 0 or epoch + 1 == num_epochs
             ):
@@ -467,4 +608,4 @@ def run(
             bar.close()
         if checkpointer is not None:
             checkpointer.close()
-    return result(num_epochs)
+    return _result(state, buffers, bmas, trace, collect_epochs, num_epochs)

@@ -222,7 +222,7 @@ def report(args) -> str:
         "(per-run records in the .jsonl).\n\n"
     )
     md += table(["variant (set)", "epochs", "grads/chain", "seeds", *[c[1] for c in cols]], rows)
-    md += "\n" + paired(records, args.against) + "\n"
+    md += "\n" + paired(records, args.against) + "\n" + restarts(records)
     out = RESULTS / f"emcmc_value_{args.tag}.md"
     out.write_text(md)
     plot(groups, RESULTS / f"emcmc_value_{args.tag}.png")
@@ -250,6 +250,50 @@ def paired(records: list, against: str) -> str:
         return ""
     return f"Paired by seed, minus `{against}`:\n\n" + table(
         ["variant (set)", "epochs", "seed", "Δ ACC", "Δ NLL", "Δ ECE"], rows
+    )
+
+
+def restarts(records: list) -> str:
+    """Training NLL (on 512 training examples) just before and after each cycle's restart.
+
+    A cyclical schedule jumps back to the largest step at every restart; a chain that
+    settled where the loss is sharper than that step tolerates is thrown out (a
+    "catapult"), which shows as a jump of the training NLL at the restart epoch.
+    """
+    rows = []
+    for r in records:
+        trace = r.get("trace", {}).get("nll")
+        if not trace or r["config"]["schedule"] != "cyclical":
+            continue
+        nll = np.asarray(trace, dtype=float)  # (epochs, chains)
+        nll = nll.reshape(len(nll), -1)
+        per_cycle = r["epochs"] // r["config"]["cycles"]
+        jumps = [
+            f"{nll[k - 1].mean():.3f} → {nll[k].mean():.3f}"
+            for k in range(per_cycle, r["epochs"], per_cycle)
+        ]
+        worst = max(
+            float(np.max(nll[k] - nll[k - 1])) for k in range(per_cycle, r["epochs"], per_cycle)
+        )
+        rows.append(
+            [r["variant"], str(r["seed"]), *jumps, f"{worst:+.3f}", f"{np.nanmax(nll):.3f}"]
+        )
+    if not rows:
+        return ""
+    cycles = len(rows[0]) - 4
+    return (
+        "\nTraining NLL at each restart of the cyclical schedule (end of a cycle → "
+        "first epoch of the next, mean over chains):\n\n"
+        + table(
+            [
+                "variant",
+                "seed",
+                *[f"restart {i + 1}" for i in range(cycles)],
+                "largest jump",
+                "max NLL",
+            ],
+            rows,
+        )
     )
 
 

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 from benchmarks._common import fashion_subset, fmt, mean_sd, table, write
 from flatjax import metrics
 from flatjax.data import CORRUPTIONS, corrupt
-from flatjax.experiment import ExperimentConfig, build_method
+from flatjax.experiment import REFERENCE_EMCMC, ExperimentConfig, build_method
 from flatjax.inference import bma as bma_lib
 from flatjax.inference import loop
 from flatjax.nn import glue
@@ -87,7 +87,7 @@ def main(quick: bool) -> dict:
         for seed in b["seeds"]:
             config = ExperimentConfig(
                 method=method, chains=b["chains"], epochs=b["epochs"], cycles=4,
-                collect_last=b["collect_last"], lr=b["lr"], seed=seed,
+                collect_last=b["collect_last"], lr=b["lr"], seed=seed, **REFERENCE_EMCMC,
             )  # fmt: skip
             for set_name, probs in train_and_predict(config, data, eval_x).items():
                 label = method if method != "emcmc" else f"emcmc ({set_name})"

@@ -40,9 +40,9 @@ import numpy as np
 
 from benchmarks._common import RESULTS, mean_sd, table
 from flatjax.data import CORRUPTIONS, corrupt, load_digits, load_mnist_like, make_ood
-from flatjax.experiment import ExperimentConfig, run_experiment
+from flatjax.experiment import PAPER_ETA, REFERENCE_EMCMC, ExperimentConfig, run_experiment
 
-PAPER = dict(guide_step_ratio=1.0, guide_weight_decay=None, eta=4e-4)
+PAPER = {**REFERENCE_EMCMC, "eta": PAPER_ETA}
 #: base variants; suffixes -rR, -gwd0, -etaX modify them (see :func:`variant`)
 BASE = {
     "sgld": dict(method="sgld", schedule="constant"),

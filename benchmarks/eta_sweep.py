@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from benchmarks._common import SMOKE, fashion_subset, fmt, mean_sd, table, write
-from flatjax.experiment import ExperimentConfig, run_experiment
+from flatjax.experiment import REFERENCE_EMCMC, ExperimentConfig, run_experiment
 
 SETS = ("theta", "guide", "pooled")
 
@@ -50,6 +50,7 @@ def main(quick: bool) -> dict:
             config = ExperimentConfig(
                 method="emcmc", chains=b["chains"], epochs=b["epochs"], cycles=4,
                 collect_last=b["collect_last"], lr=b["lr"], eta=eta, seed=seed,
+                **REFERENCE_EMCMC,
             )  # fmt: skip
             report = run_experiment(config, data, progress=False)
             for s in SETS:

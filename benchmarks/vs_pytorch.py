@@ -84,7 +84,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flatjax._util import normal_like
-from flatjax.experiment import ExperimentConfig, build_method
+from flatjax.experiment import REFERENCE_EMCMC, ExperimentConfig, build_method
 from flatjax.inference import loop
 from flatjax.nn import glue
 from flatjax.nn.models import make_model
@@ -190,6 +190,7 @@ class Settings:
             collect_last=1,
             seed=self.seed,
             hidden=self.hidden,
+            **REFERENCE_EMCMC,  # the PyTorch loop is the reference code's sampler
         ).validate(self.num_train)
 
 

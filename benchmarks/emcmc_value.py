@@ -77,6 +77,8 @@ def variant(name: str) -> dict:
             out["guide_weight_decay"] = 0.0
         elif part == "gwd":  # the reference code: the guide's weight decay = theta's
             out["guide_weight_decay"] = None
+        elif part in ("const", "cyc"):  # e.g. emcmc-default-const
+            out["schedule"] = "constant" if part == "const" else "cyclical"
         elif part == "etaauto":
             out["eta"] = "auto"
         elif m := re.fullmatch(r"eta([0-9.]+)", part):

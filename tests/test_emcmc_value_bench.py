@@ -33,6 +33,7 @@ def test_variant_names_map_to_config_overrides():
         "eta": 4e-4,
     }
     assert variant("emcmc-default") == {"method": "emcmc"}
+    assert variant("emcmc-default-const") == {"method": "emcmc", "schedule": "constant"}
     assert variant("emcmc-r1-gwd-eta0.0004")["guide_weight_decay"] is None
     assert variant("sgd-ref")["momentum"] == 0.0
     with pytest.raises(ValueError, match="suffix"):

@@ -29,6 +29,11 @@ def sgmcmc_algorithm(
     """
 
     def init_fn(position: ArrayLikeTree, rng_key: PRNGKey | None = None) -> Any:
+        """Initial state of one chain at ``position`` (a pytree of float arrays).
+
+        ``rng_key`` is accepted for BlackJAX's interface and ignored. Vmap this over
+        a leading chain axis of ``position`` to start several chains.
+        """
         del rng_key
         return init(position)
 
@@ -39,6 +44,13 @@ def sgmcmc_algorithm(
         step_size: float,
         temperature: float = 1.0,
     ) -> Any:
+        """One transition: the new state (the same pytree structure as ``state``).
+
+        ``rng_key`` a JAX key; ``minibatch`` whatever ``grad_estimator(position,
+        minibatch)`` takes (e.g. an ``(x, y)`` tuple of arrays with a leading batch
+        axis); ``step_size`` the Langevin step (a scalar, may be traced);
+        ``temperature`` the posterior temperature (>= 0). Pure: jit and vmap it.
+        """
         return kernel(rng_key, state, grad_estimator, minibatch, step_size, temperature)
 
     return SamplingAlgorithm(init_fn, step_fn)  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ __all__ = [
     "batched_top_eigenvalues",
     "mean_top_eigenvalue",
     "eigenvalue_ratio",
+    "hutchinson_samples",
     "hutchinson_trace",
     "interpolate_loss",
     "random_direction",
@@ -315,7 +316,7 @@ def eigenvalue_ratio(eigenvalues: Array, k: int | None = None) -> Array:
     return eigenvalues[..., 0] / eigenvalues[..., k - 1]
 
 
-def hutchinson_trace(
+def hutchinson_samples(
     loss_fn: Callable,
     params: ArrayLikeTree,
     rng_key: PRNGKey,
@@ -323,19 +324,18 @@ def hutchinson_trace(
     *,
     batch_size: int | None = None,
 ) -> Array:
-    """Hutchinson's estimate of ``tr H``: the mean of ``z^T H z``, ``z`` Rademacher.
+    """Hutchinson's summands ``z^T H z``, one per Rademacher probe ``z``, shape ``(num_samples,)``.
 
-    Unbiased, with variance :math:`2 \\sum_{i \\ne j} H_{ij}^2 / n` for ``n =
-    num_samples`` probes (zero for a diagonal Hessian). Probes are drawn leaf by
-    leaf in each leaf's dtype; ``batch_size`` probes are evaluated at a time under
-    ``vmap`` (``None``: one at a time).
+    Their mean is :func:`hutchinson_trace`; their spread gives its Monte Carlo error.
+    Probes are drawn leaf by leaf in each leaf's dtype; ``batch_size`` probes are
+    evaluated at a time under ``vmap`` (``None``: one at a time).
 
     Examples
     --------
     >>> import jax, jax.numpy as jnp
     >>> loss = lambda p: 0.5 * jnp.sum(jnp.arange(1.0, 5.0) * p**2)  # diagonal: exact
-    >>> hutchinson_trace(loss, jnp.zeros(4), jax.random.key(0), num_samples=3)
-    Array(10., dtype=float32)
+    >>> hutchinson_samples(loss, jnp.zeros(4), jax.random.key(0), num_samples=2)
+    Array([10., 10.], dtype=float32)
     """
     check_floating_tree("params", params)
     num_samples = check_positive_int("num_samples", num_samples)
@@ -354,7 +354,32 @@ def hutchinson_trace(
         return _tree_vdot(z, jax.jvp(grad_fn, (params,), (z,))[1])
 
     keys = jax.random.split(rng_key, num_samples)
-    return jnp.mean(jax.lax.map(quadratic_form, keys, batch_size=batch_size))
+    return jax.lax.map(quadratic_form, keys, batch_size=batch_size)
+
+
+def hutchinson_trace(
+    loss_fn: Callable,
+    params: ArrayLikeTree,
+    rng_key: PRNGKey,
+    num_samples: int = 100,
+    *,
+    batch_size: int | None = None,
+) -> Array:
+    """Hutchinson's estimate of ``tr H``: the mean of ``z^T H z``, ``z`` Rademacher.
+
+    Unbiased, with variance :math:`2 \\sum_{i \\ne j} H_{ij}^2 / n` for ``n =
+    num_samples`` probes (zero for a diagonal Hessian); the summands themselves are
+    :func:`hutchinson_samples`.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> loss = lambda p: 0.5 * jnp.sum(jnp.arange(1.0, 5.0) * p**2)  # diagonal: exact
+    >>> hutchinson_trace(loss, jnp.zeros(4), jax.random.key(0), num_samples=3)
+    Array(10., dtype=float32)
+    """
+    samples = hutchinson_samples(loss_fn, params, rng_key, num_samples, batch_size=batch_size)
+    return jnp.mean(samples)
 
 
 def interpolate_loss(

@@ -183,24 +183,6 @@ def _check_count(name: str, value, minimum: int) -> int:
     return value
 
 
-def _probe_quadratic_forms(loss_fn: Callable, params, keys) -> jax.Array:
-    """``z^T H z`` for one Rademacher probe ``z`` per key (Hutchinson's summands)."""
-    leaves, treedef = jax.tree.flatten(params)
-
-    def one(key):
-        subkeys = jax.random.split(key, len(leaves))
-        z = [
-            jax.random.rademacher(k, jnp.shape(x), jnp.result_type(x))
-            for k, x in zip(subkeys, leaves, strict=True)
-        ]
-        z = jax.tree.unflatten(treedef, z)
-        hz = flatness.hessian_vector_product(loss_fn, params, z)
-        terms = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.sum(a * b), z, hz))
-        return sum(terms[1:], terms[0])
-
-    return jax.lax.map(one, keys)
-
-
 def _guide_loss_increases(loss_fn: Callable, params, keys, eta: float, temperature: float):
     """``(L(theta + e) + L(theta - e)) / 2 - L(theta)`` for exact guide offsets ``e``."""
     base = loss_fn(params)
@@ -343,8 +325,8 @@ def propose_eta(
 
     key_trace, key_lanczos, key_guide = jax.random.split(rng_key, 3)
     size = ravel_pytree(params)[0].shape[0]
-    forms = jax.jit(lambda p, k: _probe_quadratic_forms(loss_fn, p, k))(
-        params, jax.random.split(key_trace, num_probes)
+    forms = jax.jit(lambda p, k: flatness.hutchinson_samples(loss_fn, p, k, num_probes))(
+        params, key_trace
     )
     trace, trace_stderr = _mean_and_stderr(forms)
     if not (math.isfinite(trace) and trace > 0):

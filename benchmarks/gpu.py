@@ -55,14 +55,13 @@ import numpy as np
 
 import flatjax
 from flatjax._util import langevin_noise
-from flatjax.nn.glue import (
-    categorical_loglikelihood,
-    gaussian_logprior,
-    grad_estimator,
-    linen_apply,
-)
 from flatjax.nn.models import make_model
 from flatjax.sgmcmc.emcmc import EMCMCState
+
+try:  # run as a script (shared problems)
+    from benchmarks._problems import Problem, make_problem, step_inputs
+except ImportError:  # pragma: no cover
+    from _problems import Problem, make_problem, step_inputs  # type: ignore[no-redef]
 
 try:  # run as a script (`python benchmarks/gpu.py`) or as a module
     from benchmarks._timing import machine_info, measure, paired, scan_steps, summary, write_results
@@ -82,17 +81,6 @@ TEMPERATURE = 1.0
 DATA_SIZE = 50_000  # the log-likelihood scale N of the minibatch estimator
 NOISES = ("gaussian", "rademacher")
 FLOOR_TARGET = 1.05  # emcmc / floor, per noise kind (the issue's step_overhead target)
-
-
-class Problem(NamedTuple):
-    """A model, its initial parameters, a synthetic training set and the run's sizes."""
-
-    name: str
-    description: str
-    params: Any
-    grad_fn: Callable
-    data: tuple[jax.Array, jax.Array]
-    batch_size: int
 
 
 class Sizes(NamedTuple):
@@ -136,22 +124,17 @@ QUICK = Sizes(
 )
 
 
-def make_problem(name: str, model: Any, spec: dict, description: str) -> Problem:
-    """Gaussian inputs, uniform labels, N(0, 1) prior, categorical likelihood."""
-    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (spec["num_data"], *spec["input_shape"]))
-    y = jax.random.randint(ky, (spec["num_data"],), 0, 10)
-    params = jax.jit(model.init)(kp, x[:1])["params"]
-    loglik = categorical_loglikelihood(linen_apply(model))
-    grad_fn = grad_estimator(gaussian_logprior(1.0), loglik, DATA_SIZE)
-    return Problem(name, description, params, grad_fn, (x, y), spec["batch_size"])
+def spec_problem(name: str, model: Any, spec: dict, description: str) -> Problem:
+    """:func:`make_problem` with the sizes of a ``Sizes`` entry."""
+    shape, batch, num = spec["input_shape"], spec["batch_size"], spec["num_data"]
+    return make_problem(name, model, shape, batch, num, DATA_SIZE, description)
 
 
 def mlp_problem(name: str, spec: dict) -> Problem:
     """``make_model("mlp")`` with ``spec["features"]``."""
     widths = "-".join(str(w) for w in (np.prod(spec["input_shape"]), *spec["features"], 10))
     model = make_model("mlp", 10, features=tuple(spec["features"]))
-    return make_problem(name, model, spec, f"MLP {widths}, batch {spec['batch_size']}")
+    return spec_problem(name, model, spec, f"MLP {widths}, batch {spec['batch_size']}")
 
 
 def resnet_problem(spec: dict) -> Problem:
@@ -165,7 +148,7 @@ def resnet_problem(spec: dict) -> Problem:
     description = (
         f"ResNet-18 (FRN, width {spec['width']}{blocks}) on {shape}, batch {spec['batch_size']}"
     )
-    return make_problem("resnet18", model, spec, description)
+    return spec_problem("resnet18", model, spec, description)
 
 
 def floor_kernel(grad_fn: Callable, eta: float, noise: str) -> Callable:
@@ -226,16 +209,6 @@ def variants(problem: Problem) -> dict[str, tuple[Callable, Any]]:
     return cases
 
 
-def step_inputs(problem: Problem, num_steps: int, num_chains: int | None, seed: int):
-    """Keys, minibatch indices and step sizes for ``num_steps`` (per chain if given)."""
-    lead = () if num_chains is None else (num_chains,)
-    kk, ki = jax.random.split(jax.random.key(seed))
-    keys = jax.random.split(kk, (*lead, num_steps))
-    num_data = problem.data[1].shape[0]
-    idx = jax.random.randint(ki, (*lead, num_steps, problem.batch_size), 0, num_data)
-    return keys, idx, jnp.full((num_steps,), STEP_SIZE)
-
-
 def compiled(fn: Callable, *args) -> tuple[Callable[[], Any], float]:
     """A no-argument call of the AOT-compiled ``fn(*args)`` (warmed up) and its compile time.
 
@@ -275,7 +248,7 @@ def per_step_benchmark(
     cases, compile_s = {}, {}
     only = only or {}
     for problem in problems:
-        keys, idx, step_sizes = step_inputs(problem, num_steps[problem.name], None, seed=1)
+        keys, idx, step_sizes = step_inputs(problem, num_steps[problem.name], None, 1, STEP_SIZE)
         wanted = only.get(problem.name)
         for name, (step, state) in variants(problem).items():
             if wanted is not None and name not in wanted:
@@ -321,7 +294,7 @@ def chains_benchmark(specs: list[tuple[Problem, Sequence[int]]], steps: int, rou
         )
         state = emcmc.init(problem.params)
         for c in counts:
-            keys, idx, step_sizes = step_inputs(problem, steps, c, seed=c)
+            keys, idx, step_sizes = step_inputs(problem, steps, c, c, STEP_SIZE)
             states = jax.tree.map(lambda x, c=c: jnp.broadcast_to(x, (c, *x.shape)), state)
             name = f"{problem.name}/{c}"
             cases[name], compile_s = compiled(run, states, keys, idx, step_sizes, problem.data)

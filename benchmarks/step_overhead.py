@@ -45,24 +45,22 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 import flatjax
 from flatjax._util import normal_like
 from flatjax.nn import CNN, MLP
-from flatjax.nn.glue import (
-    categorical_loglikelihood,
-    gaussian_logprior,
-    grad_estimator,
-    linen_apply,
-)
 from flatjax.sgmcmc.emcmc import EMCMCState, joint_gradient
+
+try:  # run as a script (shared problems)
+    from benchmarks._problems import Problem, make_problem, step_inputs
+except ImportError:  # pragma: no cover
+    from _problems import Problem, make_problem, step_inputs  # type: ignore[no-redef]
 
 try:  # run as a script (`python benchmarks/step_overhead.py`) or as a module
     from benchmarks._timing import machine_info, measure, paired, scan_steps, summary, write_results
@@ -106,29 +104,6 @@ RATIOS = [
     ("floor / floor_one_draw", "floor", "floor_one_draw", "logreg", None),
 ]
 CHAIN_TARGET_SMALL = 3.0  # vmapped speed-up on the small model at the most chains
-
-
-class Problem(NamedTuple):
-    """A model, its initial parameters and a synthetic training set."""
-
-    name: str
-    params: Any
-    grad_fn: Callable
-    data: tuple[jax.Array, jax.Array]
-    batch_size: int
-
-
-def make_problem(
-    name: str, model: nn.Module, input_shape: Sequence[int], batch_size: int, num_data: int
-) -> Problem:
-    """Gaussian inputs, uniform labels, N(0, 1) prior, categorical likelihood."""
-    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (num_data, *input_shape))
-    y = jax.random.randint(ky, (num_data,), 0, 10)
-    params = jax.jit(model.init)(kp, x[:1])["params"]
-    loglik = categorical_loglikelihood(linen_apply(model))
-    grad_fn = grad_estimator(gaussian_logprior(1.0), loglik, DATA_SIZE)
-    return Problem(name, params, grad_fn, (x, y), batch_size)
 
 
 def normal_like_one_draw(rng_key, tree) -> Any:
@@ -218,16 +193,6 @@ def variants(problem: Problem) -> dict[str, tuple[Callable, Any]]:
     }
 
 
-def step_inputs(problem: Problem, num_steps: int, num_chains: int | None, seed: int):
-    """Keys, minibatch indices and step sizes for ``num_steps`` (per chain if given)."""
-    lead = () if num_chains is None else (num_chains,)
-    kk, ki = jax.random.split(jax.random.key(seed))
-    keys = jax.random.split(kk, (*lead, num_steps))
-    num_data = problem.data[1].shape[0]
-    idx = jax.random.randint(ki, (*lead, num_steps, problem.batch_size), 0, num_data)
-    return keys, idx, jnp.full((num_steps,), STEP_SIZE)
-
-
 def compiled(fn: Callable, *args) -> tuple[Callable[[], Any], dict]:
     """A no-argument call of the AOT-compiled ``fn(*args)``, and facts about the program.
 
@@ -256,7 +221,7 @@ def per_step_benchmark(
     """Part 1: per-step times of every variant (or those in ``only``), and paired ratios."""
     cases, steps_of, hlo = {}, {}, {}
     for problem in problems:
-        keys, idx, step_sizes = step_inputs(problem, num_steps[problem.name], None, seed=1)
+        keys, idx, step_sizes = step_inputs(problem, num_steps[problem.name], None, 1, STEP_SIZE)
         for name, (step, state) in variants(problem).items():
             if only is not None and name not in only:
                 continue
@@ -301,7 +266,7 @@ def chains_benchmark(specs: list[tuple[Problem, str, Sequence[int], int]], round
         run = scan_steps(step)
         one = jax.jit(run)
         for c in chain_counts:
-            keys, idx, step_sizes = step_inputs(problem, steps, c, seed=c)
+            keys, idx, step_sizes = step_inputs(problem, steps, c, c, STEP_SIZE)
             states = jax.tree.map(lambda x, c=c: jnp.broadcast_to(x, (c, *x.shape)), state)
             vmapped = jax.vmap(run, in_axes=(0, 0, 0, None, None))
             name = f"{problem.name}/{variant}/{c}"
@@ -349,8 +314,8 @@ def conv_in_scan_benchmark(num_steps: int, repeats: int) -> dict:
     """
     rows = {}
     for conv in ("xla", "canonical"):
-        problem = make_problem(f"cnn_{conv}", CNN(10, conv=conv), (28, 28, 1), 128, 1024)
-        keys, idx, step_sizes = step_inputs(problem, num_steps, None, seed=4)
+        problem = make_problem(f"cnn_{conv}", CNN(10, conv=conv), (28, 28, 1), 128, 1024, DATA_SIZE)
+        keys, idx, step_sizes = step_inputs(problem, num_steps, None, 4, STEP_SIZE)
         step, state = variants(problem)["grad"]
         in_scan, _ = compiled(scan_steps(step), state, keys, idx, step_sizes, problem.data)
         batch = jax.tree.map(lambda a: a[idx[0]], problem.data)
@@ -601,8 +566,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     load_before = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
 
-    mlp = make_problem("mlp", MLP((512, 512), 10), (784,), 128, 4096)
-    logreg = make_problem("logreg", MLP((), 10), (64,), 64, 1797)
+    mlp = make_problem("mlp", MLP((512, 512), 10), (784,), 128, 4096, DATA_SIZE)
+    logreg = make_problem("logreg", MLP((), 10), (64,), 64, 1797, DATA_SIZE)
     if quick:  # a smoke run: the MLP's variants and the small model's chains
         part1 = per_step_benchmark(
             [mlp], {"mlp": 8}, rounds, only=("grad", "draw", "floor", "sgld", "emcmc")
@@ -610,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         part2 = chains_benchmark([(logreg, "emcmc", (1, 8, 32), 100)], rounds)
         conv_check = None
     else:
-        cnn = make_problem("cnn", CNN(10), (28, 28, 1), 128, 4096)
+        cnn = make_problem("cnn", CNN(10), (28, 28, 1), 128, 4096, DATA_SIZE)
         part1 = per_step_benchmark([mlp, cnn, logreg], {"mlp": 20, "cnn": 4, "logreg": 300}, rounds)
         specs = [(p, "emcmc", (1, 8, 32), n) for p, n in ((mlp, 2), (logreg, 300))]
         # what the vmapped-vs-sequential difference comes from

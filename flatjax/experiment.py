@@ -256,18 +256,22 @@ class ExperimentConfig:
                     f"`batch_size`={self.batch_size} needs {rows} rows per step but the "
                     f"training set has {data_size}"
                 )
-            step = self.lr / data_size
-            fixed = isinstance(self.eta, numbers.Real)
-            bound = emcmc.max_stable_step(self.eta if fixed else 1.0, self.guide_step_ratio)
-            if self.method in SGHMC_LIKE:
-                step, bound = step * self.friction, (2 - self.friction) * bound
-            if self.method.startswith("emcmc") and fixed and step >= bound:
-                raise ValueError(
-                    f"step {step:.3g} (from `lr`={self.lr}) >= {bound:.3g}: Entropy-MCMC "
-                    f"diverges unless lr/N < 2 eta / (1 + guide_step_ratio) (SGHMC: "
-                    f"friction lr/N < (2 - friction) times that)"
-                )
+            # eta=None / "auto" are resolved to a stable eta when the run starts
+            if self.method.startswith("emcmc") and isinstance(self.eta, numbers.Real):
+                self._check_coupling_step(self.lr / data_size)
         return self
+
+    def _check_coupling_step(self, step: float) -> None:
+        """Raise ``ValueError`` when Entropy-MCMC's largest step is unstable for ``eta``."""
+        bound = emcmc.max_stable_step(self.eta, self.guide_step_ratio)
+        if self.method in SGHMC_LIKE:
+            step, bound = step * self.friction, (2 - self.friction) * bound
+        if step >= bound:
+            raise ValueError(
+                f"step {step:.3g} (from `lr`={self.lr}) >= {bound:.3g}: Entropy-MCMC "
+                f"diverges unless lr/N < 2 eta / (1 + guide_step_ratio) (SGHMC: "
+                f"friction lr/N < (2 - friction) times that)"
+            )
 
 
 def build_method(

@@ -40,6 +40,7 @@ from blackjax.types import ArrayTree, PRNGKey
 from flatjax.inference import bma as bma_lib
 from flatjax.inference import compile_cache
 from flatjax.inference import sharding as sharding_lib
+from flatjax.inference.chain_groups import chains_per_group
 from flatjax.inference.checkpoint import CheckpointError, RunCheckpointer
 
 __all__ = ["RunResult", "DivergenceError", "run", "every", "last_epochs_of_cycles"]
@@ -184,7 +185,7 @@ class _EpochSpec(NamedTuple):
     rows_per_step: int
     batch_shape: tuple[int, ...]
     single_array: bool
-    vectorize_chains: bool
+    chains_per_group: int | None
     place: sharding_lib.Placement
 
 
@@ -232,13 +233,17 @@ def _run_epoch(
     num_chains = jax.tree.leaves(state)[0].shape[0]
     keys = jax.random.split(jax.random.fold_in(rng_key, epoch), num_chains)
     keys = place.constrain_chains(keys)
-    if spec.vectorize_chains:
+    if spec.chains_per_group is None:
         epoch_fn = jax.vmap(
             lambda s, k: _chain_epoch(spec, s, k, epoch, data), spmd_axis_name=place.chain_axis
         )
         state = epoch_fn(state, keys)
-    else:
-        state = jax.lax.map(lambda sk: _chain_epoch(spec, sk[0], sk[1], epoch, data), (state, keys))
+    else:  # groups of vmapped chains, one group after another
+        state = jax.lax.map(
+            lambda sk: _chain_epoch(spec, sk[0], sk[1], epoch, data),
+            (state, keys),
+            batch_size=spec.chains_per_group,
+        )
     state = place.constrain_chains(state)
     finite = jax.vmap(_all_finite)(state)
     theta = _default_sample_fn(state)["theta"]
@@ -382,7 +387,7 @@ def run(
     checkpoint_every: int = 1,
     resume: bool = False,
     on_epoch_end: Callable[[int, dict], None] | None = None,
-    vectorize_chains: bool = True,
+    vectorize_chains: bool | int | str = "auto",
     mesh: jax.sharding.Mesh | None = None,
 ) -> RunResult:
     """Run ``algorithm`` for ``num_epochs`` epochs on vmapped chains.
@@ -440,11 +445,16 @@ def run(
     on_epoch_end
         ``callback(epoch, traces)`` on the host after every finished epoch (logging).
     vectorize_chains
-        ``True`` (default): chains are ``jax.vmap``-ped, the right choice on
-        accelerators. ``False``: chains run one after another inside the same jitted
-        epoch (``jax.lax.map``), which can be faster on CPU for larger models, where
-        vmapping buys no parallelism and turns convolutions into slow grouped ones
-        (see ``benchmarks/results/step_overhead.md``). Same samples either way.
+        How the chains share the hardware; the samples are the same either way (up to
+        float reassociation). ``True``: all chains ``jax.vmap``-ped, the right choice on
+        accelerators. ``False``: one chain after another inside the same jitted epoch
+        (``jax.lax.map``). An integer ``k``: groups of ``k`` vmapped chains, one group
+        after another (``jax.lax.map(..., batch_size=k)``). ``"auto"`` (default):
+        :func:`chains_per_group` decides: everything vmapped on accelerators and with a
+        ``mesh``; on CPU, groups of about :data:`CPU_GROUP_PARAMS` parameters, because
+        there a vmapped step does the same arithmetic per chain (two cores leave no idle
+        units for a wider batch to fill) and vmapping pays only for small models, whose
+        steps are dominated by fixed per-step costs (``benchmarks/results/step_overhead.md``).
     mesh
         Run on a device mesh (:func:`flatjax.inference.sharding.make_mesh`): chains
         split over its ``"chains"`` axis, each minibatch over its ``"data"`` axis (the
@@ -471,8 +481,13 @@ def run(
         or (checkpoint_every < 1)
     ):
         raise ValueError(f"`checkpoint_every` must be a positive integer, got {checkpoint_every!r}")
-    if mesh is not None and not vectorize_chains:
-        raise ValueError("`vectorize_chains=False` cannot be combined with a `mesh`")
+    num_chains = jax.tree.leaves(initial_state)[0].shape[0]
+    group = chains_per_group(vectorize_chains, initial_state, mesh=mesh)
+    if mesh is not None and group is not None:
+        raise ValueError(
+            f"`vectorize_chains`={vectorize_chains!r} cannot be combined with a `mesh` "
+            "(chains on a mesh are vmapped and split over its devices)"
+        )
     if on_divergence not in ("raise", "stop"):
         raise ValueError(f"`on_divergence` must be 'raise' or 'stop', got {on_divergence!r}")
     data, single_array = _as_data(data)
@@ -492,7 +507,6 @@ def run(
         raise ValueError("`resume=True` needs a `checkpoint_dir`")
     collect = collect if collect is not None else (lambda e: e == num_epochs - 1)
     sample_fn = sample_fn or _default_sample_fn
-    num_chains = jax.tree.leaves(initial_state)[0].shape[0]
     place = sharding_lib.placement(mesh, num_chains, batch_size)
     data = place.put_replicated(data)
     collect_epochs = [e for e in range(num_epochs) if collect(e)]
@@ -508,7 +522,7 @@ def run(
             if minibatches_per_step == 1
             else (minibatches_per_step, batch_size),
             single_array=single_array,
-            vectorize_chains=vectorize_chains,
+            chains_per_group=group,
             place=place,
         ),
     )

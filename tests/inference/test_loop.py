@@ -262,7 +262,8 @@ def test_several_minibatches_per_step(problem):
         )
 
 
-def test_sequential_chains_give_the_same_samples(problem):
+@pytest.mark.parametrize("vectorize_chains", [False, 2, "auto"])
+def test_sequential_chains_give_the_same_samples(problem, vectorize_chains):
     x, y, grad_fn, params, predict = problem
     sampler = flatjax.emcmc(grad_fn, eta=0.05)
     states = jax.vmap(sampler.init)(stack_chains(params, 3))
@@ -276,7 +277,9 @@ def test_sequential_chains_give_the_same_samples(problem):
         progress=False,
     )
     a = loop.run(sampler, states, (x, y), jax.random.key(3), **args)
-    b = loop.run(sampler, states, (x, y), jax.random.key(3), vectorize_chains=False, **args)
+    b = loop.run(
+        sampler, states, (x, y), jax.random.key(3), vectorize_chains=vectorize_chains, **args
+    )
     jax.tree.map(
         lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6),
         (a.samples, a.bma),

@@ -1,6 +1,14 @@
 """Run loop (epochs in ``lax.scan``, vmapped chains), streaming BMA, optax baselines."""
 
-from flatjax.inference import bma, checkpoint, compile_cache, loop, optimizer, sharding
+from flatjax.inference import (
+    bma,
+    checkpoint,
+    compile_cache,
+    diagnostics,
+    loop,
+    optimizer,
+    sharding,
+)
 from flatjax.inference.loop import DivergenceError, RunResult, every, last_epochs_of_cycles, run
 
 __all__ = [
@@ -9,6 +17,7 @@ __all__ = [
     "bma",
     "checkpoint",
     "compile_cache",
+    "diagnostics",
     "every",
     "last_epochs_of_cycles",
     "loop",

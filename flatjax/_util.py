@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from numbers import Real
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
 __all__ = [
@@ -18,6 +21,10 @@ __all__ = [
     "check_positive",
     "check_nonnegative",
     "check_in_range",
+    "flax_module_kind",
+    "check_not_flax_module",
+    "check_function",
+    "check_array_tree",
 ]
 
 #: the noise a Langevin-type kernel can inject (see :func:`langevin_noise`)
@@ -183,8 +190,11 @@ def check_matching_tree(name: str, tree: ArrayLikeTree, ref_name: str, ref: Arra
 def check_floating_tree(name: str, tree: ArrayLikeTree) -> None:
     """Raise ``ValueError`` for an empty pytree, ``TypeError`` for a non-float leaf.
 
-    The message names the argument and the leaf's path.
+    The message names the argument and the leaf's path. A Flax module or a leaf that
+    is not an array (a string, an object) is a ``TypeError`` too, see
+    :func:`check_array_tree`.
     """
+    check_array_tree(name, tree)
     leaves = jax.tree_util.tree_leaves_with_path(tree)
     if not leaves:
         raise ValueError(f"`{name}` is an empty pytree: there is nothing to work on")
@@ -194,4 +204,118 @@ def check_floating_tree(name: str, tree: ArrayLikeTree) -> None:
             raise TypeError(
                 f"`{name}` leaf {jax.tree_util.keystr(path) or '<root>'} has dtype {dtype}; "
                 f"it must be floating point (e.g. float32)"
+            )
+
+
+#: how to turn a Flax model into what flatjax takes, by the module's kind
+_NNX_HINT = (
+    "`apply_fn, params = flatjax.nn.glue.nnx_apply(model)` (which calls "
+    "`nnx.split(model, nnx.Param, ...)`)"
+)
+_LINEN_HINT = (
+    "`apply_fn = flatjax.nn.glue.linen_apply(module)` and "
+    "`params = module.init(rng_key, x)['params']`"
+)
+#: how to build a gradient estimator from ``apply_fn`` (for :func:`check_function`)
+GRAD_ESTIMATOR_HINT = (
+    "then build the estimator from `apply_fn` with "
+    "`flatjax.nn.glue.grad_estimator(flatjax.nn.glue.gaussian_logprior(prior_precision), "
+    "flatjax.nn.glue.categorical_loglikelihood(apply_fn), data_size)` and start the chain "
+    "at `params`"
+)
+
+
+def flax_module_kind(obj: object) -> str | None:
+    """``"nnx"`` or ``"linen"`` when ``obj`` is a Flax module (or NNX object), else ``None``.
+
+    Flax is not imported here: an object can only be a Flax module if Flax already is.
+
+    Examples
+    --------
+    >>> from flax import nnx
+    >>> flax_module_kind(nnx.Linear(2, 3, rngs=nnx.Rngs(0))), flax_module_kind(lambda x: x)
+    ('nnx', None)
+    """
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is not None:
+        base = getattr(nnx, "Pytree", None) or getattr(nnx, "Object", None) or nnx.Module
+        if isinstance(obj, base):
+            return "nnx"
+    linen = sys.modules.get("flax.linen")
+    if linen is not None and isinstance(obj, linen.Module):
+        return "linen"
+    return None
+
+
+def check_not_flax_module(name: str, obj: object, expected: str, then: str = "") -> None:
+    """Raise ``TypeError`` naming ``name`` when ``obj`` is a Flax module.
+
+    ``expected`` says what the argument should be (e.g. ``"a pytree of float
+    arrays"``); the message adds how to convert the module, then ``then`` (what to
+    do with the converted parts).
+
+    Examples
+    --------
+    >>> from flax import nnx
+    >>> check_not_flax_module("position", nnx.Linear(2, 3, rngs=nnx.Rngs(0)), "params")
+    Traceback (most recent call last):
+    ...
+    TypeError: `position` is a Flax NNX module (Linear), not params. Convert the model first: ...
+    """
+    kind = flax_module_kind(obj)
+    if kind is None:
+        return
+    hint = _NNX_HINT if kind == "nnx" else _LINEN_HINT
+    what = "NNX module" if kind == "nnx" else "Linen module"
+    raise TypeError(
+        f"`{name}` is a Flax {what} ({type(obj).__name__}), not {expected}. "
+        f"Convert the model first: {hint}" + (f"; {then}" if then else "") + "."
+    )
+
+
+def check_function(name: str, fn: object, signature: str, build: str = "") -> Callable:
+    """Return ``fn``, or raise ``TypeError`` if it is a Flax module or not callable.
+
+    ``signature`` is what ``fn`` should be, e.g. ``"grad_estimator(position,
+    minibatch) -> gradient pytree"``. A Flax module is callable, but as a model
+    (``model(x)``), not as this function: the message says how to convert it and
+    ``build`` how to make the function from the converted ``apply_fn``.
+    """
+    check_not_flax_module(name, fn, f"a function `{signature}`", build)
+    if not callable(fn):
+        raise TypeError(
+            f"`{name}` must be a function {signature}, got {fn!r} of type {type(fn).__name__}"
+        )
+    return fn
+
+
+def _is_array_leaf(leaf: object) -> bool:
+    return isinstance(leaf, jax.Array | np.ndarray | np.generic | Real)
+
+
+def check_array_tree(name: str, tree: ArrayLikeTree) -> None:
+    """Raise ``TypeError`` for a Flax module or a leaf that is not an array or number.
+
+    Examples
+    --------
+    >>> check_array_tree("position", {"w": "abc"})
+    Traceback (most recent call last):
+    ...
+    TypeError: `position` leaf ['w'] is a str ('abc'); every leaf must be an array ...
+    """
+    check_not_flax_module(
+        name, tree, "a pytree of arrays", "then pass `params` (a pytree of arrays) instead"
+    )
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not _is_array_leaf(leaf):
+            check_not_flax_module(
+                f"{name}{jax.tree_util.keystr(path)}",
+                leaf,
+                "an array",
+                "then pass `params` (a pytree of arrays) instead",
+            )
+            raise TypeError(
+                f"`{name}` leaf {jax.tree_util.keystr(path) or '<root>'} is a "
+                f"{type(leaf).__name__} ({leaf!r:.60}); every leaf must be an array or a "
+                f"number (a pytree of float arrays, e.g. a model's params)"
             )

@@ -82,6 +82,34 @@ class DivergenceError(FloatingPointError):
         self.result = result
 
 
+def _divergence_cause(step: Callable, step_size: Any, num_steps: int) -> str:
+    """The likely cause of a divergence, when the kernel knows its stable step sizes.
+
+    Entropy-MCMC's ``step`` carries ``step_size_bound`` (see
+    :func:`flatjax.sgmcmc.emcmc.max_stable_step`): a step-size schedule that reached
+    it in the first ``num_steps`` steps explains the divergence whatever the model.
+    Returns ``""`` otherwise (and never raises: the report must not hide the NaN).
+    """
+    bound = getattr(step, "step_size_bound", None)
+    if bound is None:
+        return ""
+    try:
+        schedule = step_size if callable(step_size) else (lambda _: jnp.asarray(step_size))
+        steps = np.asarray(jax.vmap(schedule)(jnp.arange(num_steps)), np.float64)
+        over = np.flatnonzero(steps >= bound.value)
+    except Exception:
+        return ""
+    if over.size == 0:
+        return ""
+    return (
+        f" Likely cause: the step size reached {steps.max():.6g} (first at global step "
+        f"{int(over[0])}), at or above the stable bound step_size < {bound.formula}: "
+        f"the Entropy-MCMC coupling diverges there whatever the model. Lower the "
+        f"schedule's peak or raise eta (`debug=True` on the sampler stops at the first "
+        f"such step)."
+    )
+
+
 def every(thin: int, burn_in: int = 0) -> Callable[[int], bool]:
     """Collect after epoch ``e`` when ``e >= burn_in`` and ``(e - burn_in + 1) % thin == 0``.
 
@@ -590,7 +618,10 @@ def run(
                     raise DivergenceError(
                         f"non-finite state (NaN/inf) in chain(s) {bad} during epoch {epoch}; "
                         f"{len(done.collected_epochs)} sample(s) collected before it are kept. "
-                        f"Lower the step size or check the model and data.",
+                        f"Lower the step size or check the model and data."
+                        + _divergence_cause(
+                            algorithm.step, step_size, (epoch + 1) * (n // rows_per_step)
+                        ),
                         done,
                     )
                 return done

@@ -43,20 +43,31 @@ drifts at *half* SGLD's speed in every flat direction; :math:`r = 10` restores
 :math:`(1 + r)/\eta` in the preconditioned metric) is stable while
 :math:`(1 + r) h / \eta < 2`, i.e. :math:`h < 2\eta/(1 + r)` (checked for
 concrete steps; :math:`h < \eta` for :math:`r = 1`).
+
+**Traced step sizes.** A step size computed inside ``jit`` (a schedule's value, every
+step inside :func:`flatjax.inference.run`) cannot be checked when the step is traced.
+``debug=True`` on :func:`as_top_level_api` / :func:`build_kernel` adds a runtime
+check (:func:`debug_check_step_size`, a ``jax.debug.callback`` at every step: slower,
+for debugging) that stops the run at the first unstable step; without it the run
+loop's :class:`~flatjax.inference.loop.DivergenceError` names the schedule's step
+above the bound as the likely cause.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from blackjax.base import SamplingAlgorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
 from flatjax._util import (
     check_floating_tree,
+    check_function,
     check_matching_tree,
     check_noise,
     check_nonnegative,
@@ -65,7 +76,7 @@ from flatjax._util import (
     langevin_noise,
 )
 from flatjax.sgmcmc import diffusions
-from flatjax.sgmcmc._api import sgmcmc_algorithm
+from flatjax.sgmcmc._api import StepSizeBound, sgmcmc_algorithm
 
 __all__ = [
     "EMCMCState",
@@ -76,6 +87,8 @@ __all__ = [
     "joint_logdensity",
     "joint_gradient",
     "max_stable_step",
+    "step_size_bound",
+    "debug_check_step_size",
     "sample_guide",
     "from_reference_hyperparameters",
 ]
@@ -150,6 +163,62 @@ def max_stable_step(eta: float, guide_step_ratio: float = 1.0) -> float:
     return 2.0 * eta / (1.0 + guide_step_ratio)
 
 
+def step_size_bound(eta: float, guide_step_ratio: float = 1.0) -> StepSizeBound:
+    """:func:`max_stable_step` with its formula, for messages.
+
+    Examples
+    --------
+    >>> step_size_bound(0.1)
+    StepSizeBound(value=0.1, formula='`eta` = 0.1')
+    """
+    bound = max_stable_step(eta, guide_step_ratio)
+    if guide_step_ratio == 1.0:
+        return StepSizeBound(bound, f"`eta` = {eta:.6g}")
+    return StepSizeBound(
+        bound,
+        f"2 * `eta` / (1 + `guide_step_ratio`) = {bound:.6g} "
+        f"(eta={eta:.6g}, guide_step_ratio={guide_step_ratio:.6g})",
+    )
+
+
+def _raise_if_unstable(bound: StepSizeBound, step_size, temperature) -> None:
+    h, t = np.asarray(step_size), np.asarray(temperature)
+    if not (np.all(np.isfinite(h)) and np.all(h > 0)):
+        raise ValueError(f"`step_size` must be finite and > 0, got {h.tolist()!r} (debug check)")
+    if np.any(h >= bound.value):
+        raise ValueError(
+            f"`step_size`={float(np.max(h)):.6g} >= {bound.formula}: the Entropy-MCMC "
+            f"coupling diverges for a step at or above this bound whatever the model "
+            f"(debug check of a traced step size). Lower the step size (or the "
+            f"schedule's peak) or raise eta."
+        )
+    if not (np.all(np.isfinite(t)) and np.all(t >= 0)):
+        raise ValueError(f"`temperature` must be finite and >= 0, got {t.tolist()!r} (debug check)")
+
+
+def debug_check_step_size(step_size, temperature, bound: StepSizeBound) -> None:
+    """Check a (possibly traced) step size at run time: the ``debug=True`` option.
+
+    Adds a ``jax.debug.callback`` that raises ``ValueError`` on the host when
+    ``step_size >= bound.value`` (or is not finite and > 0, or the temperature is
+    negative). Inside ``jit`` the error reaches the caller as a
+    ``jax.errors.JaxRuntimeError`` (a ``RuntimeError``) whose message contains the
+    ``ValueError``'s. A host round trip per step: for debugging, not for speed.
+
+    Examples
+    --------
+    >>> import jax
+    >>> f = jax.jit(lambda h: debug_check_step_size(h, 1.0, step_size_bound(0.1)))
+    >>> f(0.01)
+    >>> try:
+    ...     f(0.25)
+    ... except RuntimeError as err:
+    ...     print("`step_size`=0.25 >= `eta` = 0.1" in str(err))
+    True
+    """
+    jax.debug.callback(functools.partial(_raise_if_unstable, bound), step_size, temperature)
+
+
 def check_step_size(step_size, eta: float, temperature=1.0, guide_step_ratio: float = 1.0) -> None:
     """Raise ``ValueError`` for a concrete step size or temperature that cannot work.
 
@@ -197,6 +266,7 @@ def build_kernel(
     guide_prior_precision: float = 0.0,
     guide_step_ratio: float = 1.0,
     noise: str = "gaussian",
+    debug: bool = False,
 ) -> Callable:
     """Build the Entropy-MCMC (SGLD flavour) transition kernel.
 
@@ -215,6 +285,10 @@ def build_kernel(
         ``"gaussian"`` (exact Euler-Maruyama) or ``"rademacher"`` (random signs of
         the same variance, several times cheaper to draw: the simplified weak Euler
         scheme, see :func:`flatjax.sgmcmc.diffusions.overdamped_langevin`).
+    debug
+        Also check traced step sizes at run time (:func:`debug_check_step_size`):
+        a step at or above :func:`max_stable_step` raises instead of diverging
+        silently. Costs a host callback per step.
 
     Returns
     -------
@@ -225,6 +299,8 @@ def build_kernel(
     guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)
     guide_step_ratio = check_positive("guide_step_ratio", guide_step_ratio)
     integrator = diffusions.overdamped_langevin(check_noise(noise))
+    bound = step_size_bound(eta, guide_step_ratio)
+    debug = _check_debug(debug)
 
     def kernel(
         rng_key: PRNGKey,
@@ -235,6 +311,8 @@ def build_kernel(
         temperature: float = 1.0,
     ) -> EMCMCState:
         check_step_size(step_size, eta, temperature, guide_step_ratio)
+        if debug:
+            debug_check_step_size(step_size, temperature, bound)
         logdensity_grad = grad_estimator(state.position, minibatch)
         grad = joint_gradient(logdensity_grad, state, eta, guide_prior_precision)
         steps = block_steps(state, step_size, guide_step_ratio)
@@ -243,12 +321,19 @@ def build_kernel(
     return kernel
 
 
+def _check_debug(debug: bool) -> bool:
+    if not isinstance(debug, bool):
+        raise TypeError(f"`debug` must be True or False, got {debug!r}")
+    return debug
+
+
 def as_top_level_api(
     grad_estimator: Callable,
     eta: float,
     guide_prior_precision: float = 0.0,
     guide_step_ratio: float = 1.0,
     noise: str = "gaussian",
+    debug: bool = False,
 ) -> SamplingAlgorithm:
     """Entropy-MCMC with an SGLD update of the joint, in BlackJAX's interface.
 
@@ -274,10 +359,17 @@ def as_top_level_api(
     noise
         ``"gaussian"`` or ``"rademacher"`` (same first two moments, cheaper; the
         simplified weak Euler scheme).
+    debug
+        Check the step size at run time too, where it is traced (inside ``jit``, a
+        schedule's value): a step ``>= 2 eta / (1 + r)`` stops the run with an error
+        naming it instead of diverging silently to NaN. A host callback per step,
+        so for debugging only; see :func:`debug_check_step_size`.
 
     Returns
     -------
-    A ``blackjax.base.SamplingAlgorithm`` with ``init(position)`` and ``step``.
+    A ``blackjax.base.SamplingAlgorithm`` with ``init(position)`` and ``step``;
+    ``step.step_size_bound`` is the :class:`~flatjax.sgmcmc._api.StepSizeBound`
+    (the run loop names it when a chain diverges above it).
 
     Examples
     --------
@@ -292,9 +384,18 @@ def as_top_level_api(
     >>> state.position.shape, state.guide.shape
     ((), ())
     """
-    kernel = build_kernel(eta, guide_prior_precision, guide_step_ratio, noise)
+    kernel = build_kernel(eta, guide_prior_precision, guide_step_ratio, noise, debug)
+    bound = step_size_bound(check_positive("eta", eta), guide_step_ratio)
+    return sgmcmc_algorithm(init, kernel, grad_estimator, bound)
 
-    return sgmcmc_algorithm(init, kernel, grad_estimator)
+
+def _describe(x) -> str:
+    """The user's view of ``x``'s type: arrays (also traced ones) by shape and dtype."""
+    if isinstance(x, jax.Array | np.ndarray):
+        return f"an array of shape {jnp.shape(x)} and dtype {jnp.result_type(x)}"
+    if isinstance(x, dict):
+        return f"a dict with keys {sorted(map(str, x))}"
+    return f"{type(x).__name__} {x!r:.80}"
 
 
 def _split_joint(x) -> tuple[ArrayTree, ArrayTree]:
@@ -303,10 +404,13 @@ def _split_joint(x) -> tuple[ArrayTree, ArrayTree]:
     try:
         return x["position"], x["guide"]
     except (KeyError, TypeError, IndexError):
-        raise TypeError(
-            "the joint position must be a dict {'position': theta, 'guide': theta_a} "
-            f"or an EMCMCState, got {type(x).__name__}"
-        ) from None
+        pass
+    raise TypeError(
+        "the joint position must be a dict {'position': theta, 'guide': theta_a} "
+        f"or an EMCMCState, got {_describe(x)}. Start the kernel at "
+        "{'position': theta, 'guide': theta} (e.g. "
+        "`dict(flatjax.sgmcmc.emcmc.init(theta)._asdict())`)"
+    )
 
 
 def _sq_norm_diff(a: ArrayTree, b: ArrayTree) -> jax.Array:
@@ -339,6 +443,13 @@ def joint_logdensity(
     >>> sorted(state.position)
     ['guide', 'position']
     """
+    check_function(
+        "logdensity_fn",
+        logdensity_fn,
+        "logdensity_fn(position) -> scalar log-density",
+        "then build it from `apply_fn`, e.g. `lambda p: flatjax.nn.glue.logdensity_estimator("
+        "logprior_fn, flatjax.nn.glue.categorical_loglikelihood(apply_fn), n)(p, (x, y))`",
+    )
     eta = check_positive("eta", eta)
     temperature = check_positive("temperature", temperature)
     guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)

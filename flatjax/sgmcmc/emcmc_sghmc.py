@@ -19,6 +19,10 @@ With ``guide_step_ratio`` :math:`r` the guide's block takes the step :math:`r\ep
 joint law is unchanged); the coupling's curvature in that metric is :math:`(1 + r)/\eta`
 and the recursion is stable iff :math:`(1 + r)\,\epsilon / \eta < 2 (2 - \alpha)`.
 See :mod:`flatjax.sgmcmc.emcmc` for why a ratio above 1 speeds the pair up.
+
+The bound is checked for concrete step sizes; ``debug=True`` checks traced ones (a
+schedule's value inside ``jit``) at run time, see
+:func:`flatjax.sgmcmc.emcmc.debug_check_step_size`.
 """
 
 from __future__ import annotations
@@ -40,9 +44,9 @@ from flatjax._util import (
 )
 from flatjax.sgmcmc import diffusions
 from flatjax.sgmcmc import emcmc as _emcmc
-from flatjax.sgmcmc._api import sgmcmc_algorithm
+from flatjax.sgmcmc._api import StepSizeBound, sgmcmc_algorithm
 
-__all__ = ["EMCMCSGHMCState", "init", "build_kernel", "as_top_level_api"]
+__all__ = ["EMCMCSGHMCState", "init", "build_kernel", "as_top_level_api", "step_size_bound"]
 
 
 class EMCMCSGHMCState(NamedTuple):
@@ -72,6 +76,24 @@ def init(position: ArrayLikeTree) -> EMCMCSGHMCState:
     state = _emcmc.init(position)
     momentum = jax.tree.map(jnp.zeros_like, state)
     return EMCMCSGHMCState(state.position, state.guide, momentum)
+
+
+def step_size_bound(eta: float, alpha: float, guide_step_ratio: float = 1.0) -> StepSizeBound:
+    """The largest stable step, ``(2 - alpha) * 2 eta / (1 + r)``, with its formula.
+
+    Examples
+    --------
+    >>> step_size_bound(0.1, alpha=0.5).value
+    0.15000000000000002
+    """
+    bound = (2 - alpha) * _emcmc.max_stable_step(eta, guide_step_ratio)
+    ratio = "" if guide_step_ratio == 1.0 else " * 2 / (1 + `guide_step_ratio`)"
+    return StepSizeBound(
+        bound,
+        f"(2 - `alpha`) * `eta`{ratio} = {bound:.6g} (eta={eta:.6g}, alpha={alpha:.6g}"
+        + ("" if not ratio else f", guide_step_ratio={guide_step_ratio:.6g}")
+        + ")",
+    )
 
 
 def check_step_size(
@@ -109,6 +131,7 @@ def build_kernel(
     guide_prior_precision: float = 0.0,
     guide_step_ratio: float = 1.0,
     noise: str = "gaussian",
+    debug: bool = False,
 ) -> Callable:
     """Build the Entropy-MCMC SGHMC kernel.
 
@@ -127,6 +150,9 @@ def build_kernel(
         The guide's step as a multiple of the position's, > 0 (1: the paper's sampler).
     noise
         ``"gaussian"`` or ``"rademacher"`` (see :func:`flatjax.sgmcmc.diffusions.sghmc`).
+    debug
+        Also check traced step sizes at run time (a host callback per step), see
+        :func:`flatjax.sgmcmc.emcmc.debug_check_step_size`.
     """
     eta = check_positive("eta", eta)
     alpha = check_in_range("alpha", alpha, 0.0, 1.0)
@@ -134,6 +160,8 @@ def build_kernel(
     guide_prior_precision = check_nonnegative("guide_prior_precision", guide_prior_precision)
     guide_step_ratio = check_positive("guide_step_ratio", guide_step_ratio)
     integrator = diffusions.sghmc(alpha, beta, check_noise(noise))
+    bound = step_size_bound(eta, alpha, guide_step_ratio)
+    debug = _emcmc._check_debug(debug)
 
     def kernel(
         rng_key: PRNGKey,
@@ -144,6 +172,8 @@ def build_kernel(
         temperature: float = 1.0,
     ) -> EMCMCSGHMCState:
         check_step_size(step_size, eta, alpha, temperature, guide_step_ratio)
+        if debug:
+            _emcmc.debug_check_step_size(step_size, temperature, bound)
         joint = _emcmc.EMCMCState(state.position, state.guide)
         logdensity_grad = grad_estimator(state.position, minibatch)
         grad = _emcmc.joint_gradient(logdensity_grad, joint, eta, guide_prior_precision)
@@ -162,6 +192,7 @@ def as_top_level_api(
     guide_prior_precision: float = 0.0,
     guide_step_ratio: float = 1.0,
     noise: str = "gaussian",
+    debug: bool = False,
 ) -> SamplingAlgorithm:
     """Entropy-MCMC with an SGHMC update of the joint, in BlackJAX's interface.
 
@@ -181,6 +212,10 @@ def as_top_level_api(
         The guide's step as a multiple of the position's, > 0 (1: the paper's sampler).
     noise
         ``"gaussian"`` or ``"rademacher"`` (random signs of the same variance).
+    debug
+        Check traced step sizes at run time too: a step at or above
+        ``(2 - alpha) * 2 eta / (1 + r)`` stops the run with an error naming it.
+        A host callback per step, for debugging only.
 
     Examples
     --------
@@ -193,6 +228,6 @@ def as_top_level_api(
     >>> state.momentum.position.shape
     ()
     """
-    kernel = build_kernel(eta, alpha, beta, guide_prior_precision, guide_step_ratio, noise)
-
-    return sgmcmc_algorithm(init, kernel, grad_estimator)
+    kernel = build_kernel(eta, alpha, beta, guide_prior_precision, guide_step_ratio, noise, debug)
+    bound = step_size_bound(float(eta), float(alpha), float(guide_step_ratio))
+    return sgmcmc_algorithm(init, kernel, grad_estimator, bound)

@@ -52,6 +52,7 @@ TESTED = {
     "flax_bnn_emcmc_vs_sgld.py",
     "nuts_on_the_joint.py",
     "multi_device_chains.py",
+    "nnx_emcmc.py",
     "transfer_sabma.py",
 }
 
@@ -108,3 +109,11 @@ def test_transfer_sabma() -> None:
     for method in ("sabma", "sgd", "swag"):
         acc, nll, ece, nll_ts, ece_ts, lam = row(out, method, 6)
         assert 0.0 < acc <= 1.0 and nll > 0 and nll_ts > 0 and 0 <= ece <= 1 and lam > 0
+
+
+def test_nnx_emcmc() -> None:
+    out = run_example("nnx_emcmc.py")
+    assert re.search(r"samples\s+ACC\s+NLL\s+ECE", out), out
+    for name in ("theta", "guide"):
+        acc, nll, ece = row(out, name, 3)
+        assert 0.5 < acc <= 1.0 and nll > 0 and 0 <= ece <= 1

@@ -9,17 +9,19 @@ import gzip
 import struct
 
 import blackjax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import flatjax
 from flatjax import data, metrics
 from flatjax.experiment import ExperimentConfig, check_dataset
 from flatjax.inference import loop
 from flatjax.nn import glue, masks
-from flatjax.sgmcmc import emcmc, entropy_sgd, schedules
+from flatjax.sgmcmc import emcmc, emcmc_sghmc, entropy_sgd, schedules, sghmc, sgld
 
 GRAD = lambda p, b: jax.tree.map(jnp.negative, p)
 POS = {"w": jnp.ones(3)}
@@ -36,9 +38,39 @@ def run_loop(**kwargs):
     return loop.run(SGLD, init, data_, jax.random.key(0), **args)
 
 
+def run_loop_emcmc(step_size, **kwargs):
+    sampler = flatjax.emcmc(GRAD, eta=0.1, **kwargs)
+    states = jax.vmap(sampler.init)({"w": jnp.zeros((2, 3))})
+    return loop.run(
+        sampler,
+        states,
+        X,
+        jax.random.key(0),
+        num_epochs=1,
+        batch_size=1,
+        step_size=step_size,
+        progress=False,
+    )
+
+
 def step_emcmc(step_size=1e-3, temperature=1.0, grad=GRAD):
     sampler = flatjax.emcmc(grad, eta=0.1)
     return sampler.step(jax.random.key(0), sampler.init(POS), None, step_size, temperature)
+
+
+# a tiny Flax model of each kind: 2 inputs, 3 outputs
+NNX = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+LINEN = nn.Dense(3)
+NNX_APPLY, NNX_PARAMS = glue.nnx_apply(NNX)
+CAT_LL = glue.categorical_loglikelihood(NNX_APPLY)
+GAUSS_LL = glue.gaussian_loglikelihood(NNX_APPLY)
+XB, YB = jnp.ones((4, 2)), jnp.zeros(4, jnp.int32)
+
+
+def linen_ll_wrong_input():
+    params = LINEN.init(jax.random.key(0), XB)["params"]
+    ll = glue.categorical_loglikelihood(glue.linen_apply(LINEN))
+    return ll(params, (jnp.ones((4, 5)), YB))
 
 
 def write(tmp, name, payload):
@@ -298,6 +330,218 @@ CASES = [
         ValueError,
         "exploration",
     ),
+    # --- the Flax boundary: modules where functions or arrays belong
+    (
+        "emcmc-grad-nnx",
+        lambda t: flatjax.emcmc(NNX, eta=0.1),
+        TypeError,
+        r"`grad_estimator` is a Flax NNX module \(Linear\).*nnx_apply",
+    ),
+    (
+        "emcmc-grad-linen",
+        lambda t: flatjax.emcmc(LINEN, eta=0.1),
+        TypeError,
+        r"`grad_estimator` is a Flax Linen module \(Dense\).*linen_apply",
+    ),
+    (
+        "emcmc-grad-none",
+        lambda t: flatjax.emcmc(None, eta=0.1),
+        TypeError,
+        "`grad_estimator` must be a function.*None",
+    ),
+    (
+        "emcmc-sghmc-grad-nnx",
+        lambda t: flatjax.emcmc_sghmc(NNX, eta=0.1),
+        TypeError,
+        "`grad_estimator` is a Flax NNX module",
+    ),
+    (
+        "sgld-grad-nnx",
+        lambda t: sgld.as_top_level_api(NNX),
+        TypeError,
+        "`grad_estimator` is a Flax NNX module",
+    ),
+    (
+        "sghmc-grad-nnx",
+        lambda t: sghmc.as_top_level_api(NNX),
+        TypeError,
+        "`grad_estimator` is a Flax NNX module",
+    ),
+    (
+        "entropy-sgd-grad-nnx",
+        lambda t: flatjax.entropy_sgd(NNX, 1.0, 0.1),
+        TypeError,
+        "`grad_estimator` is a Flax NNX module",
+    ),
+    (
+        "emcmc-init-nnx",
+        lambda t: flatjax.emcmc(GRAD, eta=0.1).init(NNX),
+        TypeError,
+        r"`position` is a Flax NNX module \(Linear\).*nnx\.split.*params",
+    ),
+    (
+        "emcmc-module-init-nnx",
+        lambda t: emcmc.init(NNX),
+        TypeError,
+        "`position` is a Flax NNX module",
+    ),
+    (
+        "emcmc-sghmc-init-nnx",
+        lambda t: emcmc_sghmc.init(NNX),
+        TypeError,
+        "`position` is a Flax NNX module",
+    ),
+    (
+        "sghmc-init-nnx",
+        lambda t: sghmc.as_top_level_api(GRAD).init(NNX),
+        TypeError,
+        "`position` is a Flax NNX module",
+    ),
+    (
+        "sgld-init-linen",
+        lambda t: sgld.init(LINEN),
+        TypeError,
+        "`position` is a Flax Linen module.*module.init",
+    ),
+    (
+        "init-string-leaf",
+        lambda t: emcmc.init({"w": "abc"}),
+        TypeError,
+        r"`position` leaf \['w'\] is a str",
+    ),
+    (
+        "joint-logdensity-nnx",
+        lambda t: emcmc.joint_logdensity(NNX, 0.1),
+        TypeError,
+        "`logdensity_fn` is a Flax NNX module.*nnx_apply",
+    ),
+    (
+        "joint-logdensity-not-callable",
+        lambda t: emcmc.joint_logdensity(3.0, 0.1),
+        TypeError,
+        "`logdensity_fn` must be a function",
+    ),
+    (
+        "joint-bare-array-under-grad",
+        lambda t: jax.grad(emcmc.joint_logdensity(lambda x: jnp.sum(x), 0.1))(jnp.ones(2)),
+        TypeError,
+        r"joint position.*got an array of shape \(2,\) and dtype float32",
+    ),
+    (
+        "nnx-apply-linen",
+        lambda t: glue.nnx_apply(LINEN),
+        TypeError,
+        r"`model` is a Flax Linen module \(Dense\).*linen_apply",
+    ),
+    (
+        "nnx-apply-function",
+        lambda t: glue.nnx_apply(lambda x: x),
+        TypeError,
+        "`model` must be a Flax NNX module.*function",
+    ),
+    (
+        "linen-apply-nnx",
+        lambda t: glue.linen_apply(NNX),
+        TypeError,
+        r"`module` is a Flax NNX module \(Linear\).*nnx_apply",
+    ),
+    (
+        "loglik-apply-fn-nnx",
+        lambda t: glue.categorical_loglikelihood(NNX),
+        TypeError,
+        "`apply_fn` is a Flax NNX module.*nnx_apply",
+    ),
+    (
+        "estimator-loglik-nnx",
+        lambda t: glue.grad_estimator(glue.gaussian_logprior(1.0), NNX, 10),
+        TypeError,
+        "`loglikelihood_fn` is a Flax NNX module.*categorical_loglikelihood",
+    ),
+    # --- glue log-likelihoods: the minibatch's structure and shapes
+    (
+        "loglik-batch-one-array",
+        lambda t: CAT_LL(NNX_PARAMS, XB),
+        TypeError,
+        r"minibatch.*\(x, y\).*single array of shape \(4, 2\)",
+    ),
+    (
+        "loglik-batch-three-items",
+        lambda t: CAT_LL(NNX_PARAMS, (XB, YB, YB)),
+        TypeError,
+        r"minibatch.*\(x, y\).*tuple of 3 items",
+    ),
+    (
+        "loglik-batch-dict",
+        lambda t: CAT_LL(NNX_PARAMS, {"x": XB, "y": YB}),
+        TypeError,
+        r"minibatch.*\(x, y\).*dict",
+    ),
+    (
+        "loglik-rows-mismatch",
+        lambda t: CAT_LL(NNX_PARAMS, (XB, YB[:3])),
+        ValueError,
+        r"same number of rows.*x of shape \(4, 2\) and y of shape \(3,\)",
+    ),
+    (
+        "loglik-wrong-input-width",
+        lambda t: CAT_LL(NNX_PARAMS, (jnp.ones((4, 5)), YB)),
+        ValueError,
+        r"`x` of shape \(4, 5\).*dot_general",
+    ),
+    (
+        "loglik-wrong-input-under-jit",
+        lambda t: jax.jit(CAT_LL)(NNX_PARAMS, (jnp.ones((4, 5)), YB)),
+        ValueError,
+        r"`x` of shape \(4, 5\)",
+    ),
+    (
+        "loglik-linen-wrong-input",
+        lambda t: linen_ll_wrong_input(),
+        ValueError,
+        r"`x` of shape \(4, 5\)",
+    ),
+    (
+        "loglik-one-hot-labels",
+        lambda t: CAT_LL(NNX_PARAMS, (XB, jnp.zeros((4, 3)))),
+        ValueError,
+        r"labels `y` of shape \(4, 3\).*logits of shape \(4, 3\)",
+    ),
+    (
+        "gauss-rows-mismatch",
+        lambda t: GAUSS_LL(NNX_PARAMS, (XB, jnp.zeros((5, 3)))),
+        ValueError,
+        r"same number of rows.*y of shape \(5, 3\)",
+    ),
+    (
+        "gauss-targets-would-broadcast",
+        lambda t: glue.gaussian_loglikelihood(lambda p, x: x @ p)(
+            jnp.ones((2, 1)), (XB, jnp.zeros(4))
+        ),
+        ValueError,
+        r"targets `y` of shape \(4,\).*outputs of shape \(4, 1\)",
+    ),
+    (
+        "gauss-learned-noise-position",
+        lambda t: glue.gaussian_loglikelihood(NNX_APPLY, noise_scale=None)(
+            NNX_PARAMS, (XB, jnp.zeros((4, 3)))
+        ),
+        TypeError,
+        "noise_scale=None.*'log_noise'",
+    ),
+    # --- the step-size bound under jit
+    ("emcmc-debug-not-bool", lambda t: flatjax.emcmc(GRAD, 0.1, debug="yes"), TypeError, "debug"),
+    (
+        "loop-emcmc-step-above-eta",
+        lambda t: run_loop_emcmc(step_size=2.0),
+        loop.DivergenceError,
+        r"Likely cause: the step size reached 2 .*`eta` = 0\.1",
+    ),
+    (
+        "loop-emcmc-schedule-above-bound",
+        lambda t: run_loop_emcmc(step_size=lambda i: 0.01 + 0.5 * i, guide_step_ratio=3.0),
+        loop.DivergenceError,
+        r"first at global step 1\).*2 \* `eta` / \(1 \+ `guide_step_ratio`\) = 0\.05",
+    ),
 ]
 
 
@@ -312,3 +556,47 @@ def test_bad_input_gets_a_clear_error(case, tmp_path):
         fn(tmp_path)
     # the error is raised by flatjax (or its data checks), not deep inside JAX
     assert "jax/_src" not in info.traceback[-1].path.as_posix()
+
+
+@pytest.mark.parametrize("builder", [flatjax.emcmc, flatjax.emcmc_sghmc])
+def test_debug_flag_stops_a_traced_unstable_step(builder):
+    """``debug=True`` raises inside ``jit``, where the construction-time check cannot see."""
+    sampler = builder(GRAD, eta=0.1, debug=True)
+    step = jax.jit(sampler.step)
+    state = sampler.init(POS)
+    with pytest.raises(RuntimeError, match=r"`step_size`=0\.25 >= .*`eta`"):
+        step(jax.random.key(0), state, None, 0.25)
+        jax.effects_barrier()
+    with pytest.raises(RuntimeError, match="temperature"):
+        step(jax.random.key(0), state, None, 1e-3, -1.0)
+        jax.effects_barrier()
+
+
+def test_debug_flag_changes_nothing_for_a_stable_step():
+    plain, checked = (flatjax.emcmc(GRAD, eta=0.1, debug=d) for d in (False, True))
+    args = (jax.random.key(0), plain.init(POS), None, 1e-2)
+    a, b = jax.jit(plain.step)(*args), jax.jit(checked.step)(*args)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert plain.step.step_size_bound.value == pytest.approx(0.1)
+
+
+def test_divergence_report_names_the_bound_only_when_it_applies():
+    # a divergence with a stable step (here a NaN start) does not blame eta
+    sampler = flatjax.emcmc(GRAD, eta=0.1)
+    states = jax.vmap(sampler.init)({"w": jnp.full((2, 3), jnp.nan)})
+    with pytest.raises(loop.DivergenceError) as info:
+        loop.run(
+            sampler,
+            states,
+            X,
+            jax.random.key(0),
+            num_epochs=1,
+            batch_size=8,
+            step_size=1e-3,
+            progress=False,
+        )
+    assert "Likely cause" not in str(info.value)
+    # a kernel without a bound (blackjax SGLD) gets the plain report
+    with pytest.raises(loop.DivergenceError) as info:
+        run_loop(init=jnp.full((2, 2), jnp.nan))
+    assert "Likely cause" not in str(info.value)

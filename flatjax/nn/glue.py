@@ -8,19 +8,28 @@ value per example, so models with BatchNorm (which need the whole minibatch) wor
 ``blackjax.sgmcmc.gradients.grad_estimator`` vmaps over, and :func:`grad_estimator`
 is the batched equivalent of BlackJAX's estimator:
 ``grad [log p(theta) + N * mean_i log p(y_i | x_i, theta)]``.
+
+Bad inputs fail with the argument named: a Linen module given to :func:`nnx_apply`
+(or an NNX one to :func:`linen_apply`) is a ``TypeError`` at once; a minibatch that
+is not an ``(x, y)`` pair, ``x`` and ``y`` with different numbers of rows, an ``x``
+the model cannot take, or outputs that do not match ``y`` are ``TypeError`` /
+``ValueError`` when the log-likelihood is traced (shapes are static under ``jit``,
+so none of these checks costs anything per step).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from blackjax.types import ArrayLikeTree, ArrayTree
 
-from flatjax._util import check_nonnegative, check_positive
+from flatjax._util import check_function, check_nonnegative, check_positive, flax_module_kind
 
 __all__ = [
     "linen_apply",
@@ -66,6 +75,19 @@ def linen_apply(
     >>> linen_apply(module)(params, jnp.ones((4, 3))).shape
     (4, 2)
     """
+    kind = flax_module_kind(module)
+    if kind == "nnx":
+        raise TypeError(
+            f"`module` is a Flax NNX module ({type(module).__name__}); `linen_apply` takes a "
+            f"`flax.linen.Module`. For NNX use `apply_fn, params = "
+            f"flatjax.nn.glue.nnx_apply(model)`."
+        )
+    if kind is None and not callable(getattr(module, "apply", None)):
+        raise TypeError(
+            f"`module` must be a `flax.linen.Module`, got {type(module).__name__}; "
+            f"for an NNX module use `flatjax.nn.glue.nnx_apply`, for a plain function "
+            f"`apply_fn(params, x)` use it directly."
+        )
     extra = dict(variables or {})
     kwargs = {} if train is None else {train_kwarg: train}
     mutable = list(extra) if train else False
@@ -94,12 +116,88 @@ def nnx_apply(model: Any) -> tuple[Callable, ArrayTree]:
     """
     from flax import nnx
 
+    kind = flax_module_kind(model)
+    if kind != "nnx" or not isinstance(model, nnx.Module):
+        if kind == "linen":
+            raise TypeError(
+                f"`model` is a Flax Linen module ({type(model).__name__}); `nnx_apply` takes "
+                f"an `nnx.Module`. For Linen use `apply_fn = flatjax.nn.glue.linen_apply(module)` "
+                f"with `params = module.init(rng_key, x)['params']`."
+            )
+        raise TypeError(
+            f"`model` must be a Flax NNX module (`nnx.Module`), got {type(model).__name__}; "
+            f"for a Linen module use `flatjax.nn.glue.linen_apply`."
+        )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def apply_fn(params: ArrayLikeTree, x: jax.Array) -> jax.Array:
         return nnx.merge(graphdef, params, rest)(x)
 
     return apply_fn, params
+
+
+_APPLY_SIGNATURE = "apply_fn(params, x) -> outputs"
+_APPLY_HINT = "then pass `apply_fn`"
+
+
+def _split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(x, y)`` of a minibatch, or ``TypeError`` naming what it is instead."""
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, tuple | list):
+        what = f"a {type(batch).__name__} of {len(batch)} items"
+    elif isinstance(batch, jax.Array | np.ndarray):
+        what = f"a single array of shape {jnp.shape(batch)}"
+    else:
+        what = f"a {type(batch).__name__}"
+    raise TypeError(
+        f"the minibatch (`batch`) must be an `(x, y)` pair of arrays with the same leading "
+        f"(batch) size, got {what}. Pass `data=(x, y)` to the run loop, or "
+        f"`(x[idx], y[idx])` to `step`."
+    )
+
+
+def _shapes(tree: Any) -> Any:
+    """``x``'s shape, or the pytree of its leaves' shapes."""
+    return jax.tree.map(jnp.shape, tree)
+
+
+def _check_rows(x: Any, y: Any) -> None:
+    """``ValueError`` unless every leaf of ``x`` and ``y`` has the same leading size."""
+    rows = {
+        name: {jnp.shape(leaf)[0] for leaf in jax.tree.leaves(t) if jnp.ndim(leaf) >= 1}
+        for name, t in (("x", x), ("y", y))
+    }
+    if len(rows["x"] | rows["y"]) > 1:
+        raise ValueError(
+            f"the minibatch's `x` and `y` must have the same number of rows (leading "
+            f"size), got x of shape {_shapes(x)} and y of shape {_shapes(y)}"
+        )
+
+
+def _model_errors() -> tuple[type[BaseException], ...]:
+    flax_errors = sys.modules.get("flax.errors")
+    extra = (flax_errors.FlaxError,) if flax_errors is not None else ()
+    return (TypeError, ValueError, *extra)
+
+
+def _apply(apply_fn: Callable, params: ArrayLikeTree, x: Any, y: Any) -> jax.Array:
+    """``apply_fn(params, x)``; a shape error inside the model names ``x``'s shape.
+
+    Runs at trace time under ``jit``: the model's own shape errors (``dot_general``,
+    broadcasting, Flax's parameter-shape checks) become a ``ValueError`` that says
+    which input the model could not take, with the original error chained.
+    """
+    try:
+        return apply_fn(params, x)
+    except (jax.errors.JAXTypeError, jax.errors.JAXIndexError):
+        raise
+    except _model_errors() as err:
+        raise ValueError(
+            f"the model (`apply_fn(params, x)`) could not take the minibatch's `x` of "
+            f"shape {_shapes(x)} (y has shape {_shapes(y)}): does x have the input shape "
+            f"the model was built for? The model raised {type(err).__name__}: {err}"
+        ) from err
 
 
 def categorical_loglikelihood(apply_fn: Callable) -> Callable:
@@ -112,10 +210,18 @@ def categorical_loglikelihood(apply_fn: Callable) -> Callable:
     >>> ll(jnp.zeros((2, 4)), (jnp.ones((3, 2)), jnp.array([0, 1, 3]))).round(4)
     Array([-1.3863, -1.3863, -1.3863], dtype=float32)
     """
+    check_function("apply_fn", apply_fn, _APPLY_SIGNATURE, _APPLY_HINT)
 
     def loglikelihood_fn(params: ArrayLikeTree, batch: tuple) -> jax.Array:
-        x, y = batch
-        logits = apply_fn(params, x)
+        x, y = _split_batch(batch)
+        _check_rows(x, y)
+        logits = _apply(apply_fn, params, x, y)
+        if jnp.shape(y) != jnp.shape(logits)[:-1]:
+            raise ValueError(
+                f"the labels `y` of shape {jnp.shape(y)} do not match the model's logits "
+                f"of shape {jnp.shape(logits)}: y must be integer class labels of shape "
+                f"{jnp.shape(logits)[:-1]} (one per row; not one-hot)"
+            )
         logp = jax.nn.log_softmax(logits, axis=-1)
         return jnp.take_along_axis(logp, y[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
@@ -136,16 +242,40 @@ def gaussian_loglikelihood(apply_fn: Callable, noise_scale: float | None = 1.0) 
     >>> float(ll(jnp.asarray(1.0), (jnp.zeros(1), jnp.zeros(1)))[0])  # -log(2 pi) / 2
     -0.9189...
     """
+    check_function("apply_fn", apply_fn, _APPLY_SIGNATURE, _APPLY_HINT)
     if noise_scale is not None:
         noise_scale = check_positive("noise_scale", noise_scale)
 
     def loglikelihood_fn(position: ArrayLikeTree, batch: tuple) -> jax.Array:
-        x, y = batch
+        x, y = _split_batch(batch)
+        _check_rows(x, y)
         if noise_scale is None:
-            params, log_sigma = position["params"], position["log_noise"]
+            try:
+                params, log_sigma = position["params"], position["log_noise"]
+            except (KeyError, TypeError, IndexError):
+                raise TypeError(
+                    "with `noise_scale=None` the position must be a dict "
+                    "{'params': model_params, 'log_noise': scalar}, got "
+                    + (
+                        f"a dict with keys {sorted(map(str, position))}"
+                        if isinstance(position, dict)
+                        else f"a {type(position).__name__}"
+                    )
+                ) from None
         else:
             params, log_sigma = position, jnp.log(noise_scale)
-        resid = (y - apply_fn(params, x)) / jnp.exp(log_sigma)
+        out = _apply(apply_fn, params, x, y)
+        try:
+            shape = jnp.broadcast_shapes(jnp.shape(y), jnp.shape(out))
+        except ValueError:
+            shape = None
+        if shape not in (jnp.shape(y), jnp.shape(out)):
+            raise ValueError(
+                f"the targets `y` of shape {jnp.shape(y)} do not match the model's outputs "
+                f"of shape {jnp.shape(out)} (they would broadcast to "
+                f"{shape or 'nothing'}): give y the outputs' shape"
+            )
+        resid = (y - out) / jnp.exp(log_sigma)
         per_dim = -0.5 * resid**2 - log_sigma - 0.5 * math.log(2 * math.pi)
         return per_dim.reshape(per_dim.shape[0], -1).sum(axis=-1)
 
@@ -205,6 +335,14 @@ def logdensity_estimator(
     logprior_fn: Callable, loglikelihood_fn: Callable, data_size: int
 ) -> Callable:
     """Unbiased minibatch estimate ``log p(theta) + N * mean_i log p(y_i | x_i, theta)``."""
+    check_function("logprior_fn", logprior_fn, "logprior_fn(params) -> scalar")
+    check_function(
+        "loglikelihood_fn",
+        loglikelihood_fn,
+        "loglikelihood_fn(params, (x, y)) -> per-example values",
+        "then pass `flatjax.nn.glue.categorical_loglikelihood(apply_fn)` (or "
+        "`gaussian_loglikelihood`)",
+    )
     if isinstance(data_size, bool) or not isinstance(data_size, int) or data_size < 1:
         raise ValueError(f"`data_size` must be a positive integer, got {data_size!r}")
 

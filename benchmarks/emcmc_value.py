@@ -40,7 +40,13 @@ import numpy as np
 
 from benchmarks._common import RESULTS, mean_sd, table
 from flatjax.data import CORRUPTIONS, corrupt, load_digits, load_mnist_like, make_ood
-from flatjax.experiment import PAPER_ETA, REFERENCE_EMCMC, ExperimentConfig, run_experiment
+from flatjax.experiment import (
+    CYCLICAL,
+    PAPER_ETA,
+    REFERENCE_EMCMC,
+    ExperimentConfig,
+    run_experiment,
+)
 
 PAPER = {**REFERENCE_EMCMC, "eta": PAPER_ETA}
 #: base variants; suffixes -rR, -gwd0, -etaX modify them (see :func:`variant`)
@@ -189,9 +195,44 @@ COLUMNS = [
 ]
 
 
+SAME_PROTOCOL = ("data", "num_train")
+SAME_CONFIG = ("model", "chains", "batch_size", "lr", "temperature", "weight_decay", "hidden")
+
+
+def load_records(tag: str, include: list[str] | None = None) -> tuple[list, list[str]]:
+    """The records of ``tag`` plus those of each ``include`` tag run under the same protocol.
+
+    Included records must match the first record of ``tag`` in data, training-set size,
+    model, chains, batch size, lr, temperature, weight decay and hidden sizes (so that
+    e.g. a longer budget run under another tag extends the curves); the others are
+    skipped and named in the returned notes.
+    """
+    read = lambda t: [  # noqa: E731
+        json.loads(line)
+        for line in (RESULTS / f"emcmc_value_{t}.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    records, notes = read(tag), []
+    ref = records[0]
+    key = lambda r: (  # noqa: E731
+        tuple(r[k] for k in SAME_PROTOCOL),
+        tuple(str(r["config"][k]) for k in SAME_CONFIG),
+    )
+    seen = {(r["variant"], r["epochs"], r["seed"]) for r in records}
+    for other in include or []:
+        extra = read(other)
+        same = [r for r in extra if key(r) == key(ref)]
+        new = [r for r in same if (r["variant"], r["epochs"], r["seed"]) not in seen]
+        records += new
+        notes.append(
+            f"{len(new)} runs from `emcmc_value_{other}.jsonl` included "
+            f"({len(extra) - len(same)} under another protocol skipped)"
+        )
+    return records, notes
+
+
 def report(args) -> str:
-    path = RESULTS / f"emcmc_value_{args.tag}.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records, notes = load_records(args.tag, args.include)
     groups: dict = {}
     for r in records:
         for set_name, row in r["sets"].items():
@@ -221,7 +262,7 @@ def report(args) -> str:
         f"{first['config']['collect_last']} epochs of each collected; constant runs: every "
         "epoch of the second half. Mean ± sd over seeds (ddof 1). Shift: mean over "
         f"{len(CORRUPTIONS)} corruptions. Produced by `benchmarks/emcmc_value.py` "
-        "(per-run records in the .jsonl).\n\n"
+        "(per-run records in the .jsonl)." + "".join(f" {n}." for n in notes) + "\n\n"
     )
     md += table(["variant (set)", "epochs", "grads/chain", "seeds", *[c[1] for c in cols]], rows)
     md += "\n" + paired(records, args.against) + "\n" + restarts(records)
@@ -300,26 +341,45 @@ def restarts(records: list) -> str:
 
 
 def plot(groups: dict, path) -> None:
+    """Test ACC / NLL / ECE of theta's BMA vs gradients per chain, mean ± sd over seeds.
+
+    One colour per variant; cyclical schedules solid, constant ones dashed. Only the
+    theta rows are drawn (the guide and pooled rows are in the table).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    labels = sorted({label for _, label in groups})
-    for label in labels:
+    labels = sorted({label for _, label in groups if "(" not in label})
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    colours = plt.get_cmap("tab20" if len(labels) > 10 else "tab10")
+    for i, label in enumerate(labels):
         pts = sorted((e, runs) for (e, lab), runs in groups.items() if lab == label)
-        if not pts:
-            continue
         x = [runs[0][2]["gradients_per_chain"] for _, runs in pts]
+        config = pts[0][1][0][2]["config"]
+        cyclical = config["schedule"] == "cyclical" or (
+            config["schedule"] == "auto" and config["method"] in CYCLICAL
+        )
         for ax, key in zip(axes, ("accuracy", "nll", "ece"), strict=True):
-            y = [np.mean([row[key] for _, row, _ in runs]) for _, runs in pts]
-            ax.plot(x, y, marker="o", label=label)
+            vals = [[row[key] for _, row, _ in runs] for _, runs in pts]
+            ax.errorbar(
+                x,
+                [np.mean(v) for v in vals],
+                yerr=[np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in vals],
+                marker="o",
+                ms=4,
+                capsize=2,
+                color=colours(i),
+                linestyle="-" if cyclical else "--",
+                label=label,
+            )
             ax.set_xscale("log")
             ax.set_xlabel("gradient evaluations per chain")
-            ax.set_title(key)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+            ax.set_title(f"test {key} (theta BMA)")
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 5), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(names) - 1) // 5), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -337,6 +397,12 @@ def main(argv=None) -> None:
     p.add_argument("--tag", default="digits")
     p.add_argument("--against", default="csgld", help="baseline of the paired table")
     p.add_argument("--report", action="store_true")
+    p.add_argument(
+        "--include",
+        nargs="*",
+        default=[],
+        help="with --report: also the runs of these tags run under the same protocol",
+    )
     args = p.parse_args(argv)
     if args.report:
         print(report(args))

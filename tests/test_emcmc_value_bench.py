@@ -64,3 +64,36 @@ def test_runs_are_recorded_once_and_reported(tmp_path):
     md = (tmp_path / "emcmc_value_t.md").read_text()
     assert "emcmc-const-r4-gwd0-etaauto (guide)" in md and "minus `sgld`" in md
     assert (tmp_path / "emcmc_value_t.png").exists()
+
+
+def test_report_includes_only_runs_of_the_same_protocol(tmp_path, monkeypatch):
+    import benchmarks.emcmc_value as ev
+
+    def record(variant, epochs, seed, lr=0.5):
+        config = {k: 1 for k in ev.SAME_CONFIG} | {"lr": lr}
+        return {
+            "variant": variant,
+            "epochs": epochs,
+            "seed": seed,
+            "data": "fashion",
+            "num_train": 60000,
+            "config": config,
+        }
+
+    def write(tag, records):
+        path = tmp_path / f"emcmc_value_{tag}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    write("main", [record("sgld", 12, 0), record("csgld", 12, 0)])
+    # a longer budget (kept), a duplicate (dropped), another lr (skipped)
+    write("long", [record("sgld", 100, 0), record("sgld", 12, 0), record("sgld", 100, 1, lr=0.1)])
+    monkeypatch.setattr(ev, "RESULTS", tmp_path)
+    records, notes = ev.load_records("main", ["long"])
+    assert [(r["variant"], r["epochs"]) for r in records] == [
+        ("sgld", 12),
+        ("csgld", 12),
+        ("sgld", 100),
+    ]
+    assert notes == [
+        "1 runs from `emcmc_value_long.jsonl` included (1 under another protocol skipped)"
+    ]

@@ -59,7 +59,9 @@ class RunResult(NamedTuple):
     bma
         ``{name: BMAState}`` of the streaming predictive on ``eval_x``, or ``None``.
     trace
-        ``{metric: array (num_epochs_run, num_chains)}`` from ``trace_fn``.
+        ``{metric: array (num_epochs_run, num_chains, ...)}`` from ``trace_fn`` (the
+        metric's own shape last; ``"guide/<metric>"`` for ``trace_sets=("theta",
+        "guide")``).
     collected_epochs
         The epochs after which samples were collected.
     diverged
@@ -165,6 +167,24 @@ def _progress_enabled(progress: bool | None) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+def _progress_bar(total: int, initial: int = 0, desc: str = "epochs", unit: str = "epoch"):
+    """A tqdm bar on stderr, 100 x 24 where the terminal reports a size of 0 x 0.
+
+    tqdm sizes its bar to the terminal; a pseudo-terminal whose size was never set
+    (``script``, some ``docker exec -t`` and SSH sessions) reports 0 x 0, and tqdm then
+    prints nothing at all.
+    """
+    from tqdm.auto import tqdm
+
+    size = {}
+    try:
+        if os.get_terminal_size(sys.stderr.fileno()).columns == 0:
+            size = {"ncols": 100, "nrows": 24}  # tqdm shows nothing below 1 row
+    except (AttributeError, OSError, ValueError):  # not a real file (captured, closed)
+        pass
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, **size)
+
+
 def _default_sample_fn(state: Any) -> dict:
     if hasattr(state, "guide"):
         return {"theta": state.position, "guide": state.guide}
@@ -215,6 +235,7 @@ class _EpochSpec(NamedTuple):
     single_array: bool
     chains_per_group: int | None
     place: sharding_lib.Placement
+    trace_sets: tuple[str, ...] = ("theta",)
 
 
 class _CollectSpec(NamedTuple):
@@ -274,8 +295,13 @@ def _run_epoch(
         )
     state = place.constrain_chains(state)
     finite = jax.vmap(_all_finite)(state)
-    theta = _default_sample_fn(state)["theta"]
-    traces = jax.vmap(spec.trace_fn)(theta) if spec.trace_fn else {}
+    traces = {}
+    if spec.trace_fn:
+        named = _default_sample_fn(state)
+        for name in spec.trace_sets:
+            prefix = "" if name == "theta" else f"{name}/"
+            out = jax.vmap(spec.trace_fn)(named[name])
+            traces.update({prefix + k: v for k, v in out.items()})
     return state, *place.constrain_replicated((finite, traces))
 
 
@@ -344,14 +370,21 @@ def _init_collection(
     return buffers, bmas
 
 
-def _init_trace(trace_fn: Callable | None, state: Any, num_epochs: int) -> dict:
-    """NaN-filled ``{metric: (num_epochs, num_chains)}`` host arrays for ``trace_fn``."""
+def _init_trace(
+    trace_fn: Callable | None, state: Any, num_epochs: int, trace_sets: tuple[str, ...]
+) -> dict:
+    """NaN-filled ``{metric: (num_epochs, num_chains, ...)}`` host arrays for ``trace_fn``."""
     if not trace_fn:
         return {}
     num_chains = jax.tree.leaves(state)[0].shape[0]
-    theta = _default_sample_fn(jax.eval_shape(lambda: state))["theta"]
-    shapes = jax.eval_shape(trace_fn, _chain_shapes(theta))
-    return {k: np.full((num_epochs, num_chains), np.nan, np.float32) for k in shapes}
+    named = _default_sample_fn(jax.eval_shape(lambda: state))
+    trace = {}
+    for name in trace_sets:
+        prefix = "" if name == "theta" else f"{name}/"
+        shapes = jax.eval_shape(trace_fn, _chain_shapes(named[name]))
+        for k, s in shapes.items():
+            trace[prefix + k] = np.full((num_epochs, num_chains, *s.shape), np.nan, np.float32)
+    return trace
 
 
 def _open_checkpointer(
@@ -408,6 +441,7 @@ def run(
     predict_fn: Callable | None = None,
     eval_x: jax.Array | None = None,
     trace_fn: Callable[[ArrayTree], dict] | None = None,
+    trace_sets: Sequence[str] = ("theta",),
     minibatches_per_step: int = 1,
     on_divergence: str = "raise",
     progress: bool | None = None,
@@ -449,8 +483,13 @@ def run(
         ``predict_fn(params, x) -> probs``; when both are given, each collected sample's
         predictive on ``eval_x`` is added to a streaming BMA accumulator.
     trace_fn
-        ``params -> {metric: scalar}`` evaluated for every chain after every epoch
-        (e.g. loss and accuracy on a fixed training subset).
+        ``params -> {metric: array}`` evaluated for every chain after every epoch
+        (e.g. loss and accuracy on a fixed training subset, or the predictive of a few
+        fixed inputs); scalars or arrays of any fixed shape.
+    trace_sets
+        The parameters ``trace_fn`` is evaluated on: ``"theta"`` (default), and
+        ``"guide"`` for Entropy-MCMC states (its metrics keyed ``"guide/<metric>"``).
+        The traces after a collected epoch describe exactly the samples collected.
     minibatches_per_step
         ``L > 1`` gives each step ``L`` minibatches stacked on a leading axis (for
         Entropy-SGD/SGLD, whose step runs ``L`` inner gradients); an epoch is then
@@ -535,6 +574,14 @@ def run(
         raise ValueError("`resume=True` needs a `checkpoint_dir`")
     collect = collect if collect is not None else (lambda e: e == num_epochs - 1)
     sample_fn = sample_fn or _default_sample_fn
+    trace_sets = tuple(trace_sets)
+    available = _default_sample_fn(initial_state)
+    unknown = [t for t in trace_sets if t not in available]
+    if unknown or not trace_sets:
+        raise ValueError(
+            f"`trace_sets` must name some of {sorted(available)} (this state's sample "
+            f"sets), got {trace_sets!r}"
+        )
     place = sharding_lib.placement(mesh, num_chains, batch_size)
     data = place.put_replicated(data)
     collect_epochs = [e for e in range(num_epochs) if collect(e)]
@@ -552,6 +599,7 @@ def run(
             single_array=single_array,
             chains_per_group=group,
             place=place,
+            trace_sets=trace_sets,
         ),
     )
     use_bma = predict_fn is not None and eval_x is not None
@@ -570,7 +618,7 @@ def run(
         len(collect_epochs),
         keep_samples,
     )
-    trace = _init_trace(trace_fn, state, num_epochs)
+    trace = _init_trace(trace_fn, state, num_epochs, trace_sets)
     next_epoch = 0
     checkpointer = None
     if checkpoint_dir is not None:
@@ -604,9 +652,7 @@ def run(
 
     bar = None
     if _progress_enabled(progress):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_epochs, initial=next_epoch, desc="epochs", unit="epoch")
+        bar = _progress_bar(num_epochs, next_epoch)
     try:
         for epoch in range(next_epoch, num_epochs):
             new_state, finite, traces = run_epoch(state, epoch, data, rng_key)
@@ -646,8 +692,9 @@ def run(
                 on_epoch_end(epoch, {k: v[epoch] for k, v in trace.items()})
             if bar is not None:
                 bar.update(1)
-                if traces:
-                    bar.set_postfix({k: float(np.mean(v)) for k, v in traces.items()})
+                scalars = {k: float(np.mean(v)) for k, v in traces.items() if np.ndim(v) == 1}
+                if scalars:
+                    bar.set_postfix(scalars)
     finally:
         if bar is not None:
             bar.close()

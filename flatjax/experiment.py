@@ -22,6 +22,11 @@ per epoch is collected (the SWA schedule with ``swa_start`` at half the epochs).
 chain gets its own SWAG Gaussian of rank ``K = swag_rank`` (several chains make it
 MultiSWAG, Wilson & Izmailov 2020), and the BMA averages ``swag_samples`` draws from
 each chain's Gaussian (:func:`swag_bma`).
+
+Chain diagnostics: every sample set's report has ``"chains"``, the split R-hat and
+effective sample size over the chains (:mod:`flatjax.inference.diagnostics`) of the
+training NLL and accuracy and of the predictive probabilities of :data:`PROBE_INPUTS`
+fixed test inputs, at the collected samples (:func:`chain_diagnostics`).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import optax
 from flatjax import metrics as metrics_lib
 from flatjax._util import NOISE_KINDS
 from flatjax.inference import bma as bma_lib
-from flatjax.inference import loop, optimizer
+from flatjax.inference import diagnostics, loop, optimizer
 from flatjax.nn import glue
 from flatjax.nn.models import make_model
 from flatjax.optim import sam as sam_lib
@@ -54,9 +59,11 @@ __all__ = [
     "METHODS",
     "MODELS",
     "PAPER_ETA",
+    "PROBE_INPUTS",
     "REFERENCE_EMCMC",
     "ExperimentConfig",
     "build_method",
+    "chain_diagnostics",
     "check_dataset",
     "run_experiment",
     "swag_bma",
@@ -533,6 +540,42 @@ def swag_bma(
     return run(iterates, eval_x, rng_key)
 
 
+#: test inputs whose predictive probabilities are traced for the chain diagnostics
+#: (evenly spaced rows of the test set, the same for every method and seed)
+PROBE_INPUTS = 32
+
+
+def chain_diagnostics(
+    trace: Mapping[str, np.ndarray], collected_epochs: list[int], sets: list[str]
+) -> dict[str, dict]:
+    """Split R-hat and ESS over the chains for every sample set, at the collected epochs.
+
+    ``trace`` is :attr:`flatjax.inference.loop.RunResult.trace` with ``nll``,
+    ``accuracy`` and ``predictive`` for theta (and the same keys prefixed ``guide/``
+    for the guide); ``sets`` names the sample sets (``theta``, ``guide``, ``pooled``:
+    the theta and guide chains side by side as ``2 * num_chains`` chains). Returns
+    ``{set: diagnostics.summarize(...)}`` over the groups ``nll``, ``accuracy`` and
+    ``predictive`` (the probe inputs' class probabilities, one quantity each).
+    """
+    rows = np.asarray(collected_epochs, dtype=int)
+
+    def draws(prefix: str) -> dict[str, np.ndarray]:
+        # (epochs, chains, ...) at the collected epochs -> (chains, draws, ...)
+        return {
+            k: np.swapaxes(np.asarray(trace[prefix + k])[rows], 0, 1)
+            for k in ("nll", "accuracy", "predictive")
+            if prefix + k in trace
+        }
+
+    per_set = {"theta": draws(""), "guide": draws("guide/")}
+    if "pooled" in sets:
+        per_set["pooled"] = {
+            k: np.concatenate([per_set["theta"][k], per_set["guide"][k]], axis=0)
+            for k in per_set["theta"]
+        }
+    return {name: diagnostics.summarize(per_set[name]) for name in sets if per_set.get(name)}
+
+
 def check_dataset(dataset: Any) -> None:
     """Raise ``ValueError`` for empty splits, mismatched lengths or out-of-range labels.
 
@@ -576,6 +619,8 @@ def run_experiment(
     array of OOD inputs (flat ``ood_*`` keys, as ``summarize``) or a ``{name: array}``
     mapping of several OOD sets, scored separately under ``summary["ood"][name]`` as
     ``{"auroc_entropy", "aupr_entropy", "auroc_max_prob", "aupr_max_prob"}``.
+    Every summary also has ``"chains"``: whether the chains agree, as split R-hat and
+    ESS (:func:`chain_diagnostics`; for SWAG, of its collected iterates).
     ``shift_x`` is a ``{name: inputs}`` mapping of shifted copies of the test set
     (e.g. corruptions, :func:`flatjax.data.corrupt`), each with the test set's rows
     in order and so its labels; every sample set's summary then has
@@ -589,6 +634,38 @@ def run_experiment(
     metrics are the same up to float rounding.
     """
     check_dataset(dataset)
+    bar = None
+    if loop._progress_enabled(progress):
+        bar = loop._progress_bar(config.epochs, desc=config.method)
+        bar.set_postfix_str("initialising and compiling")
+    try:
+        return _run_experiment(
+            config,
+            dataset,
+            ood_x,
+            shift_x=shift_x,
+            bar=bar,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            mesh=mesh,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _run_experiment(
+    config: ExperimentConfig,
+    dataset: Any,
+    ood_x: np.ndarray | Mapping[str, np.ndarray] | None,
+    *,
+    shift_x: Mapping[str, np.ndarray] | None,
+    bar: Any,
+    checkpoint_dir: str | None,
+    resume: bool,
+    mesh: jax.sharding.Mesh | None,
+) -> dict:
+    """:func:`run_experiment` after the data check; ``bar``: a tqdm bar or ``None``."""
     x_train = jnp.asarray(dataset.x_train)
     y_train = jnp.asarray(dataset.y_train)
     n = int(x_train.shape[0])
@@ -619,13 +696,23 @@ def run_experiment(
 
     predict = lambda p, x: jax.nn.softmax(apply_fn(p, x))
     trace_x, trace_y = x_train[:512], y_train[:512]
+    num_test = dataset.x_test.shape[0]
+    probe_rows = np.linspace(0, num_test - 1, min(PROBE_INPUTS, num_test)).astype(int)
+    probe_x = jnp.asarray(dataset.x_test[probe_rows])
 
     def trace_fn(p):
         probs = predict(p, trace_x)
         return {
             "nll": -jnp.mean(jnp.log(jnp.take_along_axis(probs, trace_y[:, None], 1) + 1e-12)),
             "accuracy": jnp.mean(jnp.argmax(probs, -1) == trace_y),
+            "predictive": predict(p, probe_x),
         }
+
+    has_guide = hasattr(state, "guide")
+
+    def on_epoch_end(epoch: int, traces: dict) -> None:
+        bar.n = epoch + 1
+        bar.set_postfix({k: float(np.mean(traces[k])) for k in ("nll", "accuracy")})
 
     eval_x = jnp.asarray(dataset.x_test)
     if isinstance(ood_x, Mapping):
@@ -638,7 +725,6 @@ def run_experiment(
             raise ValueError(
                 f"{label} has inputs of shape {x_ood.shape[1:]}, the test set {eval_x.shape[1:]}"
             )
-    num_test = dataset.x_test.shape[0]
     shift_sets = {str(k): jnp.asarray(v, eval_x.dtype) for k, v in (shift_x or {}).items()}
     for name, x_shift in shift_sets.items():
         if x_shift.shape != eval_x.shape:
@@ -666,7 +752,9 @@ def run_experiment(
         predict_fn=None if is_swag else predict,
         eval_x=None if is_swag else eval_x,
         trace_fn=trace_fn,
-        progress=progress,
+        trace_sets=("theta", "guide") if has_guide else ("theta",),
+        progress=False,  # the experiment's own bar (setup, epochs, evaluation)
+        on_epoch_end=on_epoch_end if bar is not None else None,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         mesh=mesh,
@@ -688,6 +776,8 @@ def run_experiment(
             "draw_distance": float(distance),
         }
     seconds = time.perf_counter() - start
+    if bar is not None:
+        bar.set_postfix_str("evaluating the BMA")
 
     sets = {name: bma_lib.predictive(result.bma[name]) for name in result.bma}
     if "guide" in sets:
@@ -704,13 +794,20 @@ def run_experiment(
         * (rows // config.batch_size)
         * (2 if config.method == "sam" else 1),
         "seconds": seconds,
-        "trace": {k: np.asarray(v).tolist() for k, v in result.trace.items()},
+        # theta's training curves (the probe predictives only feed the diagnostics)
+        "trace": {k: np.asarray(result.trace[k]).tolist() for k in ("nll", "accuracy")},
         "sets": {},
     }
     if swag_report is not None:
         report["swag"] = swag_report
     if proposal is not None:
         report["eta_proposal"] = proposal._asdict()
+    chains = chain_diagnostics(result.trace, result.collected_epochs, list(sets))
+    report["chain_diagnostics"] = {
+        "probe_test_rows": probe_rows.tolist(),
+        "collected_epochs": list(result.collected_epochs),
+        "draws": "SWAG's collected iterates" if is_swag else "the collected samples",
+    }
     y_test = jnp.asarray(dataset.y_test)
     bounds = np.cumsum([num_test, *(len(v) for v in ood_sets.values())])
     for name, probs in sets.items():
@@ -741,5 +838,6 @@ def run_experiment(
                 }
         diagram = metrics_lib.reliability_diagram(probs_in, y_test, num_bins=15, binning="width")
         summary["reliability"] = {k: np.asarray(v).tolist() for k, v in diagram._asdict().items()}
+        summary["chains"] = chains[name]
         report["sets"][name] = summary
     return report

@@ -269,3 +269,28 @@ def test_eta_auto_is_proposed_by_the_rule_and_recorded(digits):
 def test_eta_none_needs_entropy_mcmc_and_a_temperature(fields, pattern):
     with pytest.raises(ValueError, match=pattern):
         ExperimentConfig(**fields).validate()
+
+
+def test_chain_diagnostics_per_sample_set_and_the_progress_bar(digits, capsys):
+    config = ExperimentConfig(method="emcmc", cycles=2, collect_last=2, **{**TINY, "epochs": 8})
+    report = run_experiment(config, digits, progress=True)
+    err = capsys.readouterr().err
+    assert "emcmc" in err and "8/8" in err  # one bar over setup, epochs and evaluation
+    assert report["chain_diagnostics"]["collected_epochs"] == [2, 3, 6, 7]
+    assert len(report["chain_diagnostics"]["probe_test_rows"]) == 32
+    assert set(report["trace"]) == {"nll", "accuracy"}
+    for name, chains in (("theta", 2), ("guide", 2), ("pooled", 4)):
+        d = report["sets"][name]["chains"]
+        assert (d["num_chains"], d["num_draws"], d["note"]) == (chains, 4, None)
+        assert d["groups"]["predictive"]["num_quantities"] == 32 * digits.num_classes
+        assert set(d["groups"]) == {"nll", "accuracy", "predictive"}
+        assert d["max_rhat"] >= 0.9 and d["median_ess"] > 0
+    # pooling theta's and the guide's chains can only add disagreement
+    assert report["sets"]["pooled"]["chains"]["groups"]["nll"]["max_rhat"] >= 0.9
+
+
+def test_chain_diagnostics_say_why_when_a_run_has_too_few_draws(digits):
+    report = run_experiment(ExperimentConfig(method="sgd", **TINY), digits, progress=False)
+    d = report["sets"]["theta"]["chains"]
+    assert d["max_rhat"] is None and d["num_draws"] == 1
+    assert "draws per chain" in d["note"]

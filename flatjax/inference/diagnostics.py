@@ -252,12 +252,15 @@ def summarize(draws: Mapping[str, ArrayLike], *, threshold: float = RHAT_THRESHO
             "num_rhat_above": int(np.sum(finite_rhat > threshold)),
         }
 
-    groups, parts = {}, []
-    for name, x in arrays.items():
-        part = _compute(x)
-        parts.append(part)
-        groups[name] = stats(*part)
-    overall = stats(*(np.concatenate([p[i].ravel() for p in parts]) for i in range(3)))
+    # one computation for every group (one compiled program per number of chains)
+    flat = {k: v.reshape(num_chains, num_draws, -1) for k, v in arrays.items()}
+    rhat, ess, constant = _compute(np.concatenate(list(flat.values()), axis=-1))
+    groups, start = {}, 0
+    for name, x in flat.items():
+        part = slice(start, start + x.shape[-1])
+        groups[name] = stats(rhat[part], ess[part], constant[part])
+        start = part.stop
+    overall = stats(rhat, ess, constant)
     return {
         "num_chains": int(num_chains),
         "num_draws": int(num_draws),

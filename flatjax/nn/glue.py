@@ -131,7 +131,9 @@ def nnx_apply(model: Any) -> tuple[Callable, ArrayTree]:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def apply_fn(params: ArrayLikeTree, x: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, params, rest)(x)
+        # copy=True: the merged module must not write into the caller's variables
+        # (BatchNorm statistics in training mode), which fails under jit/grad
+        return nnx.merge(graphdef, params, rest, copy=True)(x)
 
     return apply_fn, params
 

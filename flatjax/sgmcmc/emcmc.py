@@ -8,7 +8,8 @@ The joint density at temperature :math:`T` is
         + \frac{\|\theta - \theta_a\|^2}{2\eta}
         + \frac{\lambda_a}{2}\|\theta_a\|^2\Big]\Big),
 
-with :math:`U = -\log p(\theta \mid \mathcal{D})` and an optional Gaussian prior of
+with :math:`U(\theta) = -\log p(\theta) - \sum_{i=1}^{N} \log p(y_i \mid x_i, \theta)`
+(the full-data log-posterior, summed over the :math:`N` examples) and an optional Gaussian prior of
 precision :math:`\lambda_a` (``guide_prior_precision``) on the guide. With
 :math:`\lambda_a = 0` (the paper's joint) the :math:`\theta`-marginal is the exact
 tempered posterior and the guide's marginal is that posterior convolved with
@@ -347,8 +348,13 @@ def as_top_level_api(
         ``grad_estimator(position, minibatch)`` -> estimate of the gradient of the
         log-posterior, e.g. ``blackjax.sgmcmc.gradients.grad_estimator``.
     eta
-        Coupling variance (the paper uses ``4e-4`` on CIFAR in the mean-loss scale
-        of its code, see :func:`from_reference_hyperparameters`). Must be > 0.
+        Coupling variance, in the scale of the summed log-posterior that
+        ``grad_estimator`` differentiates: the joint is
+        ``exp(-[U(theta) + |theta - theta_a|^2 / (2 eta)] / T)`` with
+        ``U = -log p(theta) - sum_{i=1}^N log p(y_i | x_i, theta)``. On the mean loss
+        ``U / N`` the coupling reads ``|theta - theta_a|^2 / (2 eta N)``, which is the
+        term the reference code adds to its mean loss, so the paper's ``4e-4`` (CIFAR)
+        is used unchanged (see :func:`from_reference_hyperparameters`). Must be > 0.
     guide_prior_precision
         Precision of a Gaussian prior on the guide; ``0`` is the paper's joint.
     guide_step_ratio

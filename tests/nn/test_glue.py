@@ -89,6 +89,28 @@ def test_nnx_model_as_log_density():
     assert jax.tree.structure(grad) == jax.tree.structure(params)
 
 
+def test_nnx_batchnorm_in_training_mode_works_under_jit_and_grad():
+    """The merged module must not write BatchNorm statistics into the caller's model."""
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.dense = nnx.Linear(4, 3, rngs=rngs)
+            self.norm = nnx.BatchNorm(3, use_running_average=False, rngs=rngs)
+
+        def __call__(self, x):
+            return self.norm(self.dense(x))
+
+    model = Net(nnx.Rngs(0))
+    apply_fn, params = glue.nnx_apply(model)
+    x = jax.random.normal(jax.random.key(1), (6, 4))
+    ll = glue.categorical_loglikelihood(apply_fn)
+    grad = jax.jit(jax.grad(lambda p: ll(p, (x, jnp.zeros(6, int))).sum()))(params)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grad))
+    # training-mode outputs are batch-normalised: zero mean per feature
+    np.testing.assert_allclose(jax.jit(apply_fn)(params, x).mean(0), 0.0, atol=1e-5)
+
+
 def test_estimator_rejects_bad_data_size():
     with pytest.raises(ValueError, match="data_size"):
         glue.grad_estimator(glue.gaussian_logprior(1.0), lambda p, b: p, 0)

@@ -5,6 +5,11 @@ Subcommands
 run       one method on one data set: a table of BMA metrics, results.json, figures
 compare   several methods on the same data, model and seed: one table
 transfer  few-shot Bayesian transfer (SA-BMA and baselines): ACC / NLL / ECE / lambda_1
+
+Every run writes into its own folder, ``results/<command>-<methods>-<YYYYmmdd-HHMMSS>``
+(or ``--out DIR``), and never replaces an existing ``results.json`` unless given
+``--overwrite``. The table has the chains' worst split R-hat and median ESS per sample
+set (:mod:`flatjax.inference.diagnostics`), with a warning line above 1.1.
 """
 
 from __future__ import annotations
@@ -13,12 +18,20 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flatjax.experiment import METHODS, MODELS, SCHEDULES, ExperimentConfig
 
+DATA_DIR_HELP = (
+    "folder with the data set's files: the four IDX files for fashion/mnist, the "
+    "python pickles for cifar10/100 (default: /usr/share/datasets/fashion-mnist for "
+    "fashion, as Debian's dataset-fashion-mnist installs it; mnist and cifar have no "
+    "standard location and need it; digits and mnist-subset are embedded)"
+)
 DATA_SETS = ("digits", "fashion", "mnist", "mnist-subset", "cifar10", "cifar100")
 OOD_KINDS = ("gaussian", "uniform", "digits", "mnist", "fashion", "none")
 COLUMNS = (
@@ -30,10 +43,82 @@ COLUMNS = (
     ("OOD-AUROC", "ood_auroc_entropy"),
     ("OOD-AUPR", "ood_aupr_entropy"),
 )
+#: config fields whose flag is not ``--`` + the field with dashes (``transfer --rank``)
+FIELD_FLAGS = {"swag_rank": "--rank"}
 
 
 class CLIError(Exception):
     """A user error, printed as one line."""
+
+
+def _show_default(value) -> str:
+    if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default in (None, argparse.SUPPRESS)
+            or isinstance(default, bool)
+        ):
+            return text
+        shown = _show_default(default).replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
+def _flag_map(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``dest`` -> the option that sets it (its longest spelling), for error messages."""
+    flags = {}
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            flags[action.dest] = max(action.option_strings, key=len)
+    options = {o for a in parser._actions for o in a.option_strings}
+    for field, flag in FIELD_FLAGS.items():
+        if flag in options and field not in flags:
+            flags[field] = flag
+    return flags
+
+
+def as_flags(message: str, flags: Mapping[str, str]) -> str:
+    """A config error in the command line's words: `field` -> --field-name.
+
+    Examples
+    --------
+    >>> as_flags("`epochs`=2 must be >= `cycles`=4", {"epochs": "--epochs", "cycles": "--cycles"})
+    '--epochs=2 must be >= --cycles=4'
+    >>> as_flags("`swag_rank`=5 exceeds", {})
+    '--swag-rank=5 exceeds'
+    >>> as_flags("`swag_rank`=5 exceeds", {"swag_rank": "--rank"})  # transfer
+    '--rank=5 exceeds'
+    """
+
+    def flag(match: re.Match) -> str:
+        name = match.group(1)
+        if name in flags:
+            return flags[name]
+        if name in _CONFIG_FIELDS:
+            return "--" + name.replace("_", "-")
+        return match.group(0)
+
+    return re.sub(r"`([A-Za-z_]\w*)`", flag, message)
+
+
+_CONFIG_FIELDS = set(ExperimentConfig.__dataclass_fields__)
+
+
+def _fail(parser: argparse.ArgumentParser, message: str, status: int = 2):
+    """Exit with one line, as ``parser.error`` but without the usage."""
+    parser.exit(status, f"{parser.prog}: error: {as_flags(str(message), _flag_map(parser))}\n")
 
 
 def _positive_int(text: str) -> int:
@@ -87,11 +172,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         default="digits",
         help="data set (default: digits, embedded via scikit-learn)",
     )
-    g.add_argument(
-        "--data-dir",
-        default=None,
-        help="directory with the IDX / CIFAR files (default: the standard location)",
-    )
+    g.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     g.add_argument(
         "--model",
         choices=tuple(MODELS),
@@ -113,8 +194,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--chains", type=_positive_int, default=d.chains, help="vmapped chains")
     g.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epochs per chain")
-    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="minibatch")
+    g.add_argument("--seed", type=int, default=d.seed, help="PRNG seed (init, minibatches, noise)")
     g = p.add_argument_group("hyper-parameters (reference-code conventions)")
     non_negative = _number(0.0, low_open=False)
     for flag, parse, text in (
@@ -150,8 +231,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
             non_negative,
             "weight decay = Gaussian prior of precision N*wd (theta and guide)",
         ),
-        ("--cycles", _positive_int, "cycles of the cyclical cosine step size"),
-        ("--collect-last", _positive_int, "collect samples in the last K epochs of each cycle"),
+        (
+            "--cycles",
+            _positive_int,
+            "cycles of the cyclical cosine step size (cyclical methods, or --schedule cyclical)",
+        ),
+        (
+            "--collect-last",
+            _positive_int,
+            "collect samples in the last K epochs of each cycle (cyclical schedules; the "
+            "constant schedule collects every epoch of the second half)",
+        ),
         (
             "--exploration",
             non_negative,
@@ -191,7 +281,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--checkpoint-dir",
         default=None,
-        help="checkpoint every epoch into DIR/<method> (atomic; see --resume)",
+        help="checkpoint every epoch into DIR/<method> (atomic; see --resume; default: "
+        "no checkpoints)",
     )
     g.add_argument(
         "--resume",
@@ -199,13 +290,27 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="continue the run checkpointed in --checkpoint-dir (identical result)",
     )
     g = p.add_argument_group("output")
-    g.add_argument("--out", default="results", help="output directory (default: ./results)")
+    _add_out(g)
     g.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     g.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="per-epoch progress bar (default: on a terminal only)",
+        help="a progress bar per method on stderr (default: when stderr is a terminal, outside CI)",
+    )
+
+
+def _add_out(g) -> None:
+    g.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output folder (default: a new results/<command>-<methods>-<YYYYmmdd-HHMMSS>)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results.json (and figures) already in --out",
     )
 
 
@@ -214,23 +319,102 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flatjax",
         description="Flatness-aware Bayesian deep learning: Entropy-MCMC and baselines.",
+        formatter_class=_HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compare,transfer}")
     methods = ", ".join(f"{k} ({v})" for k, v in METHODS.items())
     run = sub.add_parser(
-        "run", help="train one method and report its BMA", description=f"Methods: {methods}."
+        "run",
+        help="train one method and report its BMA",
+        description=f"Methods: {methods}.",
+        formatter_class=_HelpFormatter,
     )
-    run.add_argument("--method", choices=sorted(METHODS), default="emcmc")
+    run.add_argument(
+        "--method",
+        "--methods",
+        dest="method",
+        default="emcmc",
+        metavar="METHOD",
+        help=f"one of: {', '.join(METHODS)} (compare runs several)",
+    )
     _add_common(run)
-    compare = sub.add_parser("compare", help="several methods on the same data and seeds")
+    run.set_defaults(subparser=run)
+    compare = sub.add_parser(
+        "compare",
+        help="several methods on the same data and seeds",
+        description=f"Methods: {methods}.",
+        formatter_class=_HelpFormatter,
+    )
     compare.add_argument(
         "--methods",
+        "--method",
+        dest="methods",
         default="emcmc,sgld,sgd",
+        metavar="METHODS",
         help=f"comma-separated subset of: {', '.join(METHODS)}",
     )
     _add_common(compare)
+    compare.set_defaults(subparser=compare)
     _add_transfer(sub)
     return parser
+
+
+def _methods(text: str, known: Sequence[str], flag: str, one: bool = False) -> list[str]:
+    """The comma-separated methods of ``flag``; raises ``CLIError`` naming the bad ones."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        raise CLIError(
+            f"argument {flag}: invalid choice: {', '.join(map(repr, unknown)) or repr(text)} "
+            f"(choose from {', '.join(known)})"
+        )
+    if one and len(methods) > 1:
+        raise CLIError(
+            f"argument {flag}: `run` trains one method, got {len(methods)} "
+            f"({', '.join(methods)}); use `compare --methods {','.join(methods)}`"
+        )
+    return methods
+
+
+def _output_dir(args: argparse.Namespace, methods: Sequence[str]) -> tuple[Path, bool]:
+    """``(folder, chosen)``: ``--out``, or a new folder named after the run (``chosen``).
+
+    Raises ``CLIError`` when ``--out`` already holds a ``results.json`` and
+    ``--overwrite`` is not given, before anything runs.
+    """
+    if args.out is not None:
+        out = Path(args.out)
+        if (out / "results.json").exists() and not args.overwrite:
+            raise CLIError(
+                f"--out {out} already holds a results.json (an earlier run's); pass "
+                f"--overwrite to replace it, or choose another --out"
+            )
+        return out, False
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("results") / f"{args.command}-{'+'.join(methods)}-{stamp}", True
+
+
+def _write_results(out: Path, chosen: bool, payload: dict) -> Path:
+    """Write ``out/results.json`` atomically (tmp + ``os.replace``); returns the folder.
+
+    A chosen folder that appeared meanwhile (another run started in the same second)
+    is never shared: the next free ``out-2``, ``out-3``, ... is used instead.
+    """
+    if chosen:
+        base, k = out, 1
+        while True:
+            try:
+                out.mkdir(parents=True)
+                break
+            except FileExistsError:
+                k += 1
+                out = base.with_name(f"{base.name}-{k}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(_json_safe(payload), indent=1))
+    os.replace(tmp, out / "results.json")
+    return out
 
 
 def _class_spec(text: str) -> tuple[str, tuple[int, ...] | None]:
@@ -264,9 +448,15 @@ def _add_transfer(sub) -> None:
         "transfer",
         help="few-shot Bayesian transfer: pretrain + SWAG on a source, fine-tune on a target",
         description=f"Methods: {methods}.",
+        formatter_class=_HelpFormatter,
     )
     p.add_argument(
-        "--method", default="sabma", help="method or comma-separated methods (default: sabma)"
+        "--method",
+        "--methods",
+        dest="method",
+        default="sabma",
+        metavar="METHODS",
+        help=f"method or comma-separated methods, of: {', '.join(TRANSFER_METHODS)}",
     )
     p.add_argument(
         "--source",
@@ -280,7 +470,7 @@ def _add_transfer(sub) -> None:
         default=("digits", (5, 6, 7, 8, 9)),
         help="target data set and classes, e.g. digits:5-9 (default)",
     )
-    p.add_argument("--data-dir", default=None, help="directory of IDX files (fashion/mnist)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--shots", type=_positive_int, default=d.shots, help="examples per class")
     p.add_argument(
         "--val-shots",
@@ -289,7 +479,9 @@ def _add_transfer(sub) -> None:
         help="held-out examples per class for temperature scaling",
     )
     p.add_argument("--epochs", type=_positive_int, default=d.epochs, help="fine-tuning epochs")
-    p.add_argument("--source-epochs", type=_positive_int, default=d.source_epochs)
+    p.add_argument(
+        "--source-epochs", type=_positive_int, default=d.source_epochs, help="pretraining epochs"
+    )
     p.add_argument(
         "--swag-epochs",
         type=_positive_int,
@@ -329,22 +521,18 @@ def _add_transfer(sub) -> None:
     )
     p.add_argument("--num-bma", type=_positive_int, default=d.num_bma, help="BMA samples")
     p.add_argument("--hidden", type=_hidden, default=d.hidden, help="MLP widths")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default="results", help="output directory (default: ./results)")
+    p.add_argument("--seed", type=int, default=d.seed, help="PRNG seed")
+    _add_out(p)
+    p.set_defaults(subparser=p)
 
 
 def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from flatjax import data as data_lib
     from flatjax.transfer import TRANSFER_METHODS, TransferConfig, run_transfer
 
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in TRANSFER_METHODS]
-    if unknown or not methods:
-        parser.error(
-            f"argument --method: unknown method(s) {unknown}; "
-            f"choose from {', '.join(TRANSFER_METHODS)}"
-        )
     try:
+        methods = _methods(args.method, tuple(TRANSFER_METHODS), "--method")
+        out, chosen = _output_dir(args, methods)
         configs = [
             TransferConfig(
                 method=m,
@@ -366,12 +554,13 @@ def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             for m in methods
         ]
         sets = []
-        for name, classes in (args.source, args.target):
-            dataset, _ = load_data(name, args.data_dir, "none", args.seed)
+        for flag, (name, classes) in (("--source", args.source), ("--target", args.target)):
+            dataset, _ = load_data(name, args.data_dir, "none", args.seed, flag)
             sets.append(data_lib.split_classes(dataset, classes) if classes else dataset)
         source, target = sets
     except (ValueError, CLIError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        _fail(parser, err)
+    print(f"[flatjax] results go to {out}", flush=True)
     reports = []
     for c in configs:
         print(
@@ -381,7 +570,7 @@ def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         try:
             reports.append(run_transfer(c, source, target))
         except ValueError as err:
-            parser.exit(2, f"{parser.prog}: error: {err}\n")
+            _fail(parser, err)
         except FloatingPointError as err:  # DivergenceError
             parser.exit(3, f"{parser.prog}: {c.method} diverged: {err}\n")
     header = ["method", "ACC", "NLL", "ECE", "NLL(TS)", "ECE(TS)", "lambda1", "l1/lk", "time(s)"]
@@ -398,19 +587,25 @@ def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     ]
     print()
     print(_format_rows(header, rows))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(_json_safe({"command": "transfer", "reports": reports}), indent=1))
-    os.replace(tmp, out / "results.json")
+    out = _write_results(out, chosen, {"command": "transfer", "reports": reports})
     print(f"\nwrote {out / 'results.json'}")
     return 0
 
 
-def load_data(name: str, data_dir: str | None, ood: str, seed: int):
-    """The data set and its OOD inputs (``None`` for ``--ood none``)."""
+def load_data(name: str, data_dir: str | None, ood: str, seed: int, flag: str = "--data"):
+    """The data set and its OOD inputs (``None`` for ``--ood none``).
+
+    ``flag`` names the option that chose ``name`` in errors (``transfer --source``).
+    """
     from flatjax import data as data_lib
 
+    for option, kind in ((flag, name), ("--ood", ood)):
+        if data_dir is None and kind in ("mnist", "cifar10", "cifar100"):
+            files = "the four IDX files" if kind == "mnist" else "the CIFAR python pickles"
+            raise CLIError(
+                f"{option} {kind} needs --data-dir DIR, the folder with {files} "
+                f"({kind} has no standard location)"
+            )
     try:
         if name == "digits":
             dataset = data_lib.load_digits()
@@ -441,16 +636,48 @@ def _json_safe(obj):
 
 
 def format_table(reports: Sequence[dict]) -> str:
-    """One row per (method, sample set); columns as in the papers."""
-    header = ["method", "samples", *[c for c, _ in COLUMNS], "time(s)"]
+    """One row per (method, sample set); columns as in the papers.
+
+    ``R-hat`` is the worst split R-hat over the chains and ``ESS`` the median effective
+    sample size, over the monitored quantities (training NLL and accuracy, the
+    predictive of fixed test inputs; :mod:`flatjax.inference.diagnostics`); ``-``
+    where undefined (one chain, fewer than 4 samples per chain).
+    """
+    header = ["method", "samples", *[c for c, _ in COLUMNS], "R-hat", "ESS", "time(s)"]
     rows = []
     for report in reports:
         for name, summary in report["sets"].items():
             cells = [report["config"]["method"], name]
             cells += [f"{summary[k]:.4f}" if k in summary else "-" for _, k in COLUMNS]
+            chains = summary.get("chains") or {}
+            rhat, ess = chains.get("max_rhat"), chains.get("median_ess")
+            cells.append("-" if rhat is None else f"{rhat:.3f}")
+            cells.append("-" if ess is None else f"{ess:.0f}")
             cells.append(f"{report['seconds']:.1f}")
             rows.append(cells)
     return _format_rows(header, rows)
+
+
+def chain_messages(reports: Sequence[dict]) -> list[str]:
+    """A warning line per sample set whose chains disagree (R-hat above the threshold),
+    and a note per method whose R-hat or ESS is not reported, saying why."""
+    from flatjax.inference.diagnostics import format_warning
+
+    lines = []
+    for report in reports:
+        method = report["config"]["method"]
+        notes = set()
+        for name, summary in report["sets"].items():
+            chains = summary.get("chains")
+            if not chains:
+                continue
+            warning = format_warning(chains, f"{method}/{name}")
+            if warning:
+                lines.append(warning)
+            if chains.get("note"):
+                notes.add(chains["note"])
+        lines += [f"note: {method}: {note}" for note in sorted(notes)]
+    return lines
 
 
 def _format_rows(header: list[str], rows: list[list[str]]) -> str:
@@ -546,18 +773,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m flatjax``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    sub = args.subparser  # for one-line errors under the subcommand's name
     if args.command == "transfer":
-        return _main_transfer(args, parser)
-    if args.command == "run":
-        methods = [args.method]
-    else:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown or not methods:
-            parser.error(
-                f"argument --methods: unknown method(s) {unknown}; choose from {', '.join(METHODS)}"
-            )
+        return _main_transfer(args, sub)
     try:
+        if args.command == "run":
+            methods = _methods(args.method, tuple(METHODS), "--method", one=True)
+        else:
+            methods = _methods(args.methods, tuple(METHODS), "--methods")
+        out, chosen = _output_dir(args, methods)
         configs = [_config(args, m) for m in methods]
         for c in configs:
             c.validate()
@@ -567,12 +791,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume and not args.checkpoint_dir:
             raise CLIError("--resume needs --checkpoint-dir")
     except (ValueError, CLIError) as err:
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        _fail(sub, err)
 
     from flatjax.experiment import run_experiment
     from flatjax.inference.checkpoint import CheckpointError
     from flatjax.inference.loop import DivergenceError
 
+    print(f"[flatjax] results go to {out}", flush=True)
     reports = []
     for c in configs:
         print(
@@ -593,19 +818,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         except DivergenceError as err:
-            parser.exit(3, f"{parser.prog}: {c.method} diverged: {err}\n")
-        except CheckpointError as err:
-            parser.exit(2, f"{parser.prog}: error: {err}\n")
+            sub.exit(3, f"{sub.prog}: {c.method} diverged: {err}\n")
+        except (CheckpointError, ValueError) as err:
+            _fail(sub, err)
         if "eta_proposal" in reports[-1]:
             print(f"[flatjax] {c.method}: {reports[-1]['eta_proposal']['reason']}", flush=True)
     print()
     print(format_table(reports))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    messages = chain_messages(reports)
+    if messages:
+        print()
+        print("\n".join(messages))
     payload = {"command": args.command, "data": args.data, "ood": args.ood, "reports": reports}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(_json_safe(payload), indent=1))
-    os.replace(tmp, out / "results.json")
+    out = _write_results(out, chosen, payload)
     written = [str(out / "results.json")]
     if not args.no_figures:
         written += write_figures(reports, out)

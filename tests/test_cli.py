@@ -1,6 +1,8 @@
 """End-to-end tests of ``python -m flatjax`` on a tiny budget."""
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -31,9 +33,13 @@ def test_run_writes_table_json_and_figures(tmp_path, capsys):
     assert "ACC" in out and "OOD-AUROC" in out
     for name in ("theta", "guide", "pooled"):
         assert f"emcmc   {name}" in out
+    assert "R-hat" in out and "ESS" in out
+    # two epochs, one sample per chain: no R-hat, and the table says why
+    assert "note: emcmc: R-hat and ESS need >= 4 draws per chain (got 1)" in out
     results = json.loads((tmp_path / "results.json").read_text())
     report = results["reports"][0]
     assert set(report["sets"]) == {"theta", "guide", "pooled"}
+    assert report["sets"]["pooled"]["chains"]["num_chains"] == 4
     assert 0.0 <= report["sets"]["theta"]["accuracy"] <= 1.0
     assert len(report["trace"]["nll"]) == 2
     assert (tmp_path / "reliability.png").stat().st_size > 1000
@@ -71,14 +77,20 @@ def test_compare_sam_and_swag(tmp_path):
         (["run", "--eta", "nan"], "--eta"),
         (["run", "--chains", "0"], "--chains"),
         (["run", "--hidden", "a,b"], "--hidden"),
-        (["run", "--epochs", "2", "--cycles", "4"], "epochs"),
-        (["run", "--lr", "5", "--eta", "4e-4"], "eta"),
-        (["run", "--batch-size", "100000"], "batch_size"),
+        (["run", "--epochs", "2", "--cycles", "4"], "--epochs=2 must be >= --cycles=4"),
+        (["run", "--lr", "5", "--eta", "4e-4"], "--lr=5"),
+        (["run", "--batch-size", "100000"], "--batch-size=100000"),
         (["run", "--data", "fashion", "--data-dir", "/nonexistent"], "nonexistent"),
+        (["run", "--data", "mnist"], "--data mnist needs --data-dir"),
+        (["run", "--ood", "mnist"], "--ood mnist needs --data-dir"),
+        (["transfer", "--target", "cifar10"], "--target cifar10 needs --data-dir"),
         (["compare", "--methods", "emcmc,bogus"], "bogus"),
+        (["compare", "--method", "emcmc,bogus"], "bogus"),
+        (["run", "--methods", "emcmc,sgld"], "compare --methods emcmc,sgld"),
+        (["transfer", "--methods", "sabma,nope"], "'nope'"),
         (["run", "--resume"], "checkpoint-dir"),
         (["run", "--method", "sam", "--rho", "-1"], "--rho"),
-        (["run", "--method", "swag", "--epochs", "8", "--swag-rank", "5"], "swag_rank"),
+        (["run", "--method", "swag", "--epochs", "8", "--swag-rank", "5"], "--swag-rank=5"),
         (["run", "--method", "swag", "--swag-samples", "0"], "--swag-samples"),
         (["run", "--model", "vgg"], "--model"),
         (["run", "--eta", "-1"], "--eta"),
@@ -88,13 +100,91 @@ def test_compare_sam_and_swag(tmp_path):
         (["run", "--lr", "0.5", "--eta", "4e-4", "--guide-step-ratio", "10"], "guide_step_ratio"),
     ],
 )
-def test_bad_flags_give_one_line_errors(argv, message, capsys):
+def test_bad_flags_give_one_line_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
-        cli.main(argv)
+        cli.main([*argv, "--out", str(tmp_path)])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+    assert not re.search(r"`(epochs|cycles|lr|batch_size|swag_rank|directory)`", err)
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "transfer"])
+def test_help_shows_every_options_default(command):
+    """Every option with a default says it in ``--help`` (with the value where fixed)."""
+    parser = cli.build_parser()
+    sub = parser.parse_args([command]).subparser
+    text = sub.format_help()
+    blocks = re.split(r"\n(?=  -)", text)  # one block per option
+    checked = 0
+    for action in sub._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            continue  # a switch: off unless given
+        block = next(b for b in blocks if b.lstrip().startswith(action.option_strings[0]))
+        flat = " ".join(block.split())
+        assert "default" in flat, f"{command} {action.option_strings[0]}: no default in {flat!r}"
+        if isinstance(action.default, int | float) and not isinstance(action.default, bool):
+            assert cli._show_default(action.default) in flat.replace("- ", "-"), flat
+        checked += 1
+    assert checked >= (12 if command == "transfer" else 30)
+
+
+def test_method_and_methods_are_the_same_flag_on_every_command():
+    parser = cli.build_parser()
+    assert parser.parse_args(["run", "--methods", "sgld"]).method == "sgld"
+    assert parser.parse_args(["compare", "--method", "sgld,sgd"]).methods == "sgld,sgd"
+    assert parser.parse_args(["transfer", "--methods", "sgd"]).method == "sgd"
+
+
+def test_each_run_gets_its_own_folder_and_never_overwrites(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--method", "sgld", *TINY, "--no-figures"]
+    assert cli.main(argv) == 0
+    (folder,) = (tmp_path / "results").iterdir()
+    assert re.fullmatch(r"run-sgld-\d{8}-\d{6}", folder.name)
+    out = capsys.readouterr().out
+    assert f"results go to results/{folder.name}" in out
+    assert f"wrote results/{folder.name}/results.json" in out
+    before = (folder / "results.json").read_text()
+    with pytest.raises(SystemExit) as info:  # refused before anything runs
+        cli.main([*argv, "--out", str(folder)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--overwrite" in err and "results.json" in err
+    assert (folder / "results.json").read_text() == before
+    args = cli.build_parser().parse_args([*argv, "--out", str(folder), "--overwrite"])
+    assert cli._output_dir(args, ["sgld"]) == (folder, False)
+    # a chosen folder taken meanwhile (same second) is not shared
+    again = cli._write_results(folder, True, {"x": 1})
+    assert again.name == folder.name + "-2" and (again / "results.json").exists()
+    assert (folder / "results.json").read_text() == before
+
+
+def test_chain_warnings_and_notes():
+    def report(method, rhat, note=None):
+        chains = {
+            "max_rhat": rhat,
+            "median_ess": None if rhat is None else 12.0,
+            "threshold": 1.1,
+            "num_rhat_above": int(rhat is not None and rhat > 1.1),
+            "num_quantities": 322,
+            "groups": {"predictive": {"max_rhat": rhat}},
+            "note": note,
+        }
+        return {"config": {"method": method}, "seconds": 1.0, "sets": {"theta": {"chains": chains}}}
+
+    reports = [report("sgld", 1.02), report("emcmc", 1.31), report("sgd", None, "too few")]
+    lines = cli.chain_messages(reports)
+    assert lines == [
+        "warning: emcmc/theta: split R-hat 1.31 > 1.1 in 1 of 322 monitored quantities "
+        "(worst: predictive 1.31): the chains disagree; see flatjax.inference.diagnostics",
+        "note: sgd: too few",
+    ]
+    table = cli.format_table(reports)
+    assert "1.310" in table and "1.020" in table and "12" in table
 
 
 def test_help_is_complete():

@@ -4,12 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from flax import traverse_util
 from jax import lax
 
 from flatjax.nn import CNN, MLP, ResNet18, make_model
 from flatjax.nn.masks import leaf_paths, norm_and_head_mask
-from flatjax.nn.models import MODELS, NORMS, canonical_conv
+from flatjax.nn.models import MODELS, NORMS, canonical_conv, max_pool
 
 
 def num_params(tree) -> int:
@@ -170,6 +171,10 @@ def test_num_classes_must_be_an_integer():
         ((2, 8, 8, 3), (1, 1, 3, 4), (2, 2), "SAME"),  # ResNet projection shortcut
         ((2, 9, 8, 3), (3, 2, 3, 4), (1, 2), ((1, 2), (0, 1))),
         ((2, 10, 3), (4, 3, 2), (3,), "SAME"),  # one spatial axis
+        ((2, 9, 9, 5), (3, 3, 5, 3), (1, 1), ((2, -1), (0, 0))),  # negative padding
+        # few input channels: the kernel gradient from stacked input windows
+        ((4, 12, 12, 1), (3, 3, 1, 8), (1, 1), "SAME"),
+        ((2, 9, 9, 2), (3, 3, 2, 3), (2, 1), ((2, -1), (0, 1))),
     ],
 )
 def test_canonical_conv_matches_lax_values_and_gradients(x_shape, k_shape, strides, padding):
@@ -244,3 +249,36 @@ def test_models_reject_unknown_conv():
         CNN(conv="fft")
     with pytest.raises(ValueError, match="`conv` must be one of"):
         ResNet18(conv="fft")
+
+
+@pytest.mark.parametrize(
+    "shape, window",
+    [
+        ((4, 28, 28, 3), 2),
+        ((3, 7, 7, 2), 2),
+        ((5, 5, 2), 2),
+        ((2, 9, 9, 1), 3),
+        ((2, 3, 8, 7, 2), 2),
+    ],
+)
+def test_max_pool_matches_flax_values_and_gradients(shape, window):
+    """Ties (ReLU zeros, repeated values) send the gradient to the first maximum, as flax's."""
+    key = jax.random.key(0)
+    x = jax.random.normal(key, shape)
+    x = jax.nn.relu(jnp.where(jax.random.bernoulli(jax.random.key(1), 0.5, shape), 0.3, x))
+
+    def flax_pool(x):
+        return nn.max_pool(x, (window, window), strides=(window, window), padding="SAME")
+
+    want, want_vjp = jax.vjp(flax_pool, x)
+    got, got_vjp = jax.vjp(lambda x: max_pool(x, window), x)
+    ct = jax.random.normal(jax.random.key(2), want.shape)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_vjp(ct)[0], want_vjp(ct)[0])
+    tangent = jax.jvp(lambda x: max_pool(x, window), (x,), (jnp.ones_like(x),))[1]
+    assert tangent.shape == want.shape  # forward mode works (no custom rule)
+
+
+def test_max_pool_propagates_nan():
+    x = jnp.array([[[1.0], [jnp.nan]], [[0.0], [2.0]]])
+    assert bool(jnp.isnan(max_pool(x)).all())

@@ -5,9 +5,10 @@ minibatch one forward/backward of the model at ``theta``, then an update of ``th
 and its guide ``theta_a`` with Gaussian noise. Here both sides train the SAME model on
 the SAME data with the SAME algorithm, schedule and number of steps, one chain each:
 
-- model: flatjax's default MLP of ``python -m flatjax`` (784-128-128-10, ReLU, no
-  normalisation), both sides starting from the same Flax initialisation (copied into a
-  ``torch.nn.Sequential`` of ``Linear`` layers);
+- models: flatjax's default MLP of ``python -m flatjax`` (784-128-128-10, ReLU, no
+  normalisation) and the wider 784-512-512-10 (``--hidden``), both sides starting from
+  the same Flax initialisation (copied into a ``torch.nn.Sequential`` of ``Linear``
+  layers);
 - data: a Fashion-MNIST subset (``benchmarks._common.fashion_subset``), float32, held
   in memory; every epoch visits a fresh permutation in ``N // batch_size`` minibatches
   (remainder dropped, as :func:`flatjax.inference.loop.run` does);
@@ -15,7 +16,9 @@ the SAME data with the SAME algorithm, schedule and number of steps, one chain e
   ``sgld`` with the command line's defaults (lr 0.5 on the mean loss, so a Langevin step
   ``lr / N``; temperature 1e-3; eta 4e-4; weight decay 5e-4 as a Gaussian prior of
   precision ``N wd`` on theta and, for Entropy-MCMC, on the guide; cyclical cosine step
-  size for Entropy-MCMC, constant for SGLD). The PyTorch step computes exactly
+  size for Entropy-MCMC, constant for SGLD), with each kind of noise
+  (``--noise gaussian rademacher``: standard normal, or random signs). The PyTorch
+  step computes exactly
   flatjax's update (:mod:`flatjax.sgmcmc.emcmc`), both blocks from the old values::
 
       theta'   = theta + h [grad log p(theta) + (theta_a - theta) / eta] + sqrt(2 h T) xi
@@ -24,18 +27,21 @@ the SAME data with the SAME algorithm, schedule and number of steps, one chain e
   (SGLD: the first line without the coupling). The step-size and temperature
   schedules are flatjax's own, evaluated once into Python lists for the torch loop.
   ``tests/test_vs_pytorch.py`` checks that one noise-free step of each side gives the
-  same parameters from the same start and minibatch.
+  same parameters from the same start and minibatch, and that the noise has the same
+  law.
 
 The PyTorch loop is written as a competent user would: tensors in memory, minibatches by
 indexing a ``torch.randperm``, ``torch.autograd.grad`` for the gradient, in-place
-updates under ``torch.no_grad()``, noise from a ``torch.Generator``; ``torch`` threads
-left at their default (``torch.get_num_threads()``). Two further torch variants are
-timed: the same loop with ``torch.set_num_threads(1)``, and (full run) that with the
-model wrapped in ``torch.compile`` (AOTAutograd + Inductor's C++ backend, offline). On a
-loaded machine torch's default threads stall (see the notes of the results), so the
-target is judged against each torch loop and against the fastest. A last pair of cases
-times only the noise of an Entropy-MCMC epoch on each side (``normal_like`` vs
-``torch.randn``), to show where the time goes. The reference code's own formulation
+updates under ``torch.no_grad()``, noise from a ``torch.Generator`` drawn the fastest
+way torch has for each kind (:data:`TORCH_NOISE`, timed at the start of the run:
+:func:`fastest_torch_noise`), on one thread (``torch.set_num_threads(1)``), eager and
+(full run) with the model wrapped in ``torch.compile`` (AOTAutograd + Inductor's C++
+backend, offline). The targets (:data:`TARGETS`: 2x with Rademacher noise, 1.3x with
+Gaussian noise, per model, method and noise) are judged against the faster of the two
+one-thread loops. torch's default threads stall on a loaded machine (busy-waiting
+OpenMP threads); ``--default-threads`` times them too. Two further pairs of cases per
+model time the pieces of an epoch alone on each side: its gradients, and its noise, to
+show where the time goes. The reference code's own formulation
 (a loss with the coupling and noise terms, differentiated over both networks, stepped
 with ``torch.optim.SGD``) does more work per step and is not timed.
 
@@ -55,8 +61,8 @@ examples, test accuracy), to show that both sides did the same work.
 Usage::
 
     python -m benchmarks.vs_pytorch --install   # pip install torch==2.13.0 (CPU wheel)
-    python -m benchmarks.vs_pytorch             # full run, < 10 min
-    python -m benchmarks.vs_pytorch --quick     # smoke run, about a minute
+    python -m benchmarks.vs_pytorch             # full run, both MLPs, ~20 min
+    python -m benchmarks.vs_pytorch --quick     # smoke run (128-128 only), about a minute
 
 Writes ``benchmarks/results/vs_pytorch[_quick].{json,md}``.
 """
@@ -83,8 +89,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flatjax._util import normal_like
-from flatjax.experiment import REFERENCE_EMCMC, ExperimentConfig, build_method
+from flatjax._util import langevin_noise
+from flatjax.experiment import REFERENCE_EMCMC, ExperimentConfig, build_method, default_eta
 from flatjax.inference import loop
 from flatjax.nn import glue
 from flatjax.nn.models import make_model
@@ -123,7 +129,11 @@ DEFAULT_THREADS: int | None = None if torch is None else torch.get_num_threads()
 #: The CPU wheel of PyTorch this benchmark was written against (not a flatjax dependency).
 TORCH_REQUIREMENT = "torch==2.13.0"
 METHODS = ("emcmc", "sgld")
-TARGET = 2.0  # flatjax at least this many times faster per epoch than the torch loop
+NOISES = ("gaussian", "rademacher")
+#: flatjax at least this many times faster per epoch than the fastest one-thread torch loop
+TARGETS = {"rademacher": 2.0, "gaussian": 1.3}
+#: the MLPs timed, by their hidden widths (784-...-10)
+MODELS = {"128-128": (128, 128), "512-512": (512, 512)}
 
 
 def install_command() -> list[str]:
@@ -161,9 +171,12 @@ class Settings:
     epochs_per_call: int = 1
     compile: bool = True
     torch_threads: int | None = None  # torch's default, read before anything changes it
+    default_threads: bool = False  # also time torch at its default number of threads
     seed: int = 0
     batch_size: int = ExperimentConfig.batch_size
-    hidden: tuple[int, ...] = ExperimentConfig.hidden
+    models: tuple[str, ...] = tuple(MODELS)
+    noises: tuple[str, ...] = NOISES
+    hidden: tuple[int, ...] = ExperimentConfig.hidden  # the model when none is named
     lr: float = ExperimentConfig.lr
     temperature: float = ExperimentConfig.temperature
     eta: float = ExperimentConfig.eta
@@ -174,10 +187,12 @@ class Settings:
         """One warm-up epoch plus the timed ones."""
         return 1 + self.rounds * self.epochs_per_call
 
-    def config(self, method: str) -> ExperimentConfig:
-        """The experiment config of ``python -m flatjax --method METHOD --chains 1``."""
+    def config(
+        self, method: str, noise: str = "gaussian", hidden: tuple[int, ...] | None = None
+    ) -> ExperimentConfig:
+        """The config of ``python -m flatjax --method METHOD --noise NOISE --chains 1``."""
         cycles = min(ExperimentConfig.cycles, self.num_epochs)
-        return ExperimentConfig(
+        config = ExperimentConfig(
             method=method,
             chains=1,
             epochs=self.num_epochs,
@@ -189,9 +204,13 @@ class Settings:
             cycles=cycles,
             collect_last=1,
             seed=self.seed,
-            hidden=self.hidden,
+            hidden=self.hidden if hidden is None else tuple(hidden),
+            noise=noise,
             **REFERENCE_EMCMC,  # the PyTorch loop is the reference code's sampler
         ).validate(self.num_train)
+        if config.eta is None:  # the command line's default, resolved as `run_experiment` does
+            config = dataclasses.replace(config, eta=default_eta(config, self.num_train))
+        return config
 
 
 # --------------------------------------------------------------------------- flatjax
@@ -208,11 +227,18 @@ class FlaxSetup:
     temperature: Any
     params: Any  # one chain's initial parameters (no chain axis)
     steps_per_epoch: int
+    grad_fn: Any = None  # the gradient estimator the kernel steps with
 
 
-def flax_setup(method: str, settings: Settings, x_train: np.ndarray) -> FlaxSetup:
+def flax_setup(
+    method: str,
+    settings: Settings,
+    x_train: np.ndarray,
+    noise: str = "gaussian",
+    hidden: tuple[int, ...] | None = None,
+) -> FlaxSetup:
     """Build model, gradient estimator and kernel exactly as ``run_experiment`` does."""
-    config = settings.config(method)
+    config = settings.config(method, noise, hidden)
     n = int(x_train.shape[0])
     model = make_model(config.model, 10, features=config.hidden)
     apply_fn = glue.linen_apply(model)
@@ -226,7 +252,9 @@ def flax_setup(method: str, settings: Settings, x_train: np.ndarray) -> FlaxSetu
     x0 = jnp.asarray(x_train[:1])
     params = jax.vmap(lambda k: model.init(k, x0)["params"])(init_keys)
     params = jax.tree.map(lambda a: a[0], params)
-    return FlaxSetup(config, apply_fn, kernel, step_size, temperature, params, steps_per_epoch)
+    return FlaxSetup(
+        config, apply_fn, kernel, step_size, temperature, params, steps_per_epoch, grad_fn
+    )
 
 
 def schedule_values(schedule: Any, num_steps: int) -> list[float]:
@@ -369,6 +397,73 @@ def flax_params_from_torch(tensors: Any, like: dict) -> dict:
     }
 
 
+def _randn(p: Any, gen: Any) -> Any:
+    return torch.randn(p.shape, generator=gen)
+
+
+def _normal_(p: Any, gen: Any) -> Any:
+    return torch.empty_like(p).normal_(generator=gen)
+
+
+def _randn_sign(p: Any, gen: Any) -> Any:
+    return torch.randn(p.shape, generator=gen).sign_()
+
+
+def _randint(p: Any, gen: Any) -> Any:
+    return torch.randint(0, 2, p.shape, generator=gen, dtype=p.dtype).mul_(2.0).sub_(1.0)
+
+
+def _random_(p: Any, gen: Any) -> Any:
+    return torch.empty_like(p).random_(2, generator=gen).mul_(2.0).sub_(1.0)
+
+
+def _bernoulli_(p: Any, gen: Any) -> Any:
+    return torch.empty_like(p).bernoulli_(0.5, generator=gen).mul_(2.0).sub_(1.0)
+
+
+#: The ways torch can draw each kind of unit-variance noise; the benchmark times them
+#: (:func:`fastest_torch_noise`) and gives every torch loop the fastest.
+TORCH_NOISE: dict[str, dict[str, Callable[[Any, Any], Any]]] = {
+    "gaussian": {"torch.randn": _randn, "Tensor.normal_": _normal_},
+    "rademacher": {
+        "torch.randn().sign_()": _randn_sign,
+        "torch.randint(0, 2)*2-1": _randint,
+        "Tensor.random_(2)*2-1": _random_,
+        "Tensor.bernoulli_(0.5)*2-1": _bernoulli_,
+    },
+}
+
+
+def fastest_torch_noise(
+    params: Any, kind: str, draws: int = 20, rounds: int = 5, seed: int = 0
+) -> tuple[str, dict[str, float]]:
+    """The fastest of ``TORCH_NOISE[kind]`` on one thread for tensors shaped like ``params``.
+
+    Each candidate adds ``draws`` draws of every tensor to a buffer, in ``rounds``
+    interleaved rounds; returns the fastest name (median CPU time) and every
+    candidate's median milliseconds per draw of all the tensors.
+    """
+    torch.set_num_threads(1)
+    buffers = [torch.zeros(a.shape) for a in jax.tree.leaves(params)]
+    gen = torch.Generator().manual_seed(seed)
+    candidates = TORCH_NOISE[kind]
+
+    def run(fn: Callable) -> None:
+        with torch.no_grad():
+            for _ in range(draws):
+                for buf in buffers:
+                    buf.add_(fn(buf, gen))
+
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, fn in candidates.items():
+            start = time.process_time()
+            run(fn)
+            times[name].append(time.process_time() - start)
+    ms = {name: 1e3 * float(np.median(t)) / draws for name, t in times.items()}
+    return min(ms, key=ms.__getitem__), ms
+
+
 class TorchSampler:
     """Entropy-MCMC or SGLD on a torch model: flatjax's update, written for PyTorch.
 
@@ -376,7 +471,8 @@ class TorchSampler:
     cross-entropy and updates the parameters (and the guide) in place, with the same
     log-posterior (``N`` x mean log-likelihood + Gaussian prior of precision
     ``N weight_decay``) and the same update as :mod:`flatjax.sgmcmc.emcmc` and
-    ``blackjax.sgld``.
+    ``blackjax.sgld``. ``noise(tensor, generator)`` draws the unit-variance noise
+    (default ``torch.randn``; see :data:`TORCH_NOISE`).
     """
 
     def __init__(
@@ -388,6 +484,7 @@ class TorchSampler:
         weight_decay: float,
         seed: int = 0,
         compile: bool = False,
+        noise: Callable[[Any, Any], Any] | None = None,
     ):
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
@@ -396,6 +493,7 @@ class TorchSampler:
         self.params = list(self.model.parameters())
         self.guide = [p.detach().clone() for p in self.params] if method == "emcmc" else None
         self.generator = torch.Generator().manual_seed(seed)
+        self.noise = _randn if noise is None else noise
         self.data_size = data_size
         self.eta = eta
         self.prior_precision = data_size * weight_decay  # on theta and on the guide
@@ -405,20 +503,19 @@ class TorchSampler:
         grads = torch.autograd.grad(loss, self.params)
         h, n, lam = step_size, self.data_size, self.prior_precision
         scale = math.sqrt(2.0 * step_size * temperature)
-        gen = self.generator
+        gen, draw = self.generator, self.noise
         with torch.no_grad():
             if self.guide is None:  # SGLD: theta += h grad log p(theta) + sqrt(2hT) xi
                 for p, g in zip(self.params, grads, strict=True):
-                    noise = torch.randn(p.shape, generator=gen)
-                    p.mul_(1.0 - h * lam).add_(g, alpha=-h * n).add_(noise, alpha=scale)
+                    p.mul_(1.0 - h * lam).add_(g, alpha=-h * n).add_(draw(p, gen), alpha=scale)
                 return
             for p, a, g in zip(self.params, self.guide, grads, strict=True):
                 pull = a - p  # theta_a - theta, from the old values
-                noise = torch.randn(p.shape, generator=gen)
                 p.mul_(1.0 - h * lam).add_(g, alpha=-h * n).add_(pull, alpha=h / self.eta)
-                p.add_(noise, alpha=scale)
-                noise = torch.randn(a.shape, generator=gen)
-                a.mul_(1.0 - h * lam).add_(pull, alpha=-h / self.eta).add_(noise, alpha=scale)
+                p.add_(draw(p, gen), alpha=scale)
+                a.mul_(1.0 - h * lam).add_(pull, alpha=-h / self.eta).add_(
+                    draw(a, gen), alpha=scale
+                )
 
 
 class TorchRun:
@@ -483,30 +580,32 @@ def evaluate(apply_fn: Callable, params: Any, data: Any) -> dict[str, float]:
 
 
 def torch_variants(settings: Settings) -> dict[str, dict]:
-    """The torch loops: default threads, 1 thread, and torch.compile (1 thread)."""
-    default = settings.torch_threads or torch.get_num_threads()
-    variants = {
-        "torch": {"threads": default, "compile": False},
-        "torch-1thread": {"threads": 1, "compile": False},
-    }
+    """The torch loops: 1 thread, torch.compile (1 thread), and optionally default threads."""
+    variants = {"torch-1thread": {"threads": 1, "compile": False}}
     if settings.compile:
         variants["torch-compile-1thread"] = {"threads": 1, "compile": True}
+    if settings.default_threads:
+        default = settings.torch_threads or torch.get_num_threads()
+        variants["torch"] = {"threads": default, "compile": False}
     return variants
 
 
-def noise_cases(setup: FlaxSetup, blocks: int, seed: int) -> dict[str, Callable[[], Any]]:
-    """One epoch's worth of the N(0, I) draws of a step (``blocks`` parameter-sized draws).
+def noise_cases(
+    setup: FlaxSetup, kind: str, torch_noise: Callable, blocks: int, seed: int, prefix: str
+) -> dict[str, Callable[[], Any]]:
+    """One epoch's worth of the noise of a step (``blocks`` parameter-sized draws).
 
-    flatjax: :func:`flatjax._util.normal_like` (what its kernels draw with) in a jitted
-    ``lax.scan`` of ``steps_per_epoch`` steps; torch: ``torch.randn`` per tensor from a
-    ``Generator``, on one thread. Each adds its draws to a buffer, so nothing is dead.
+    flatjax: :func:`flatjax._util.langevin_noise` (what its kernels draw with) in a
+    jitted ``lax.scan`` of ``steps_per_epoch`` steps; torch: ``torch_noise`` per tensor
+    from a ``Generator``, on one thread. Each adds its draws to a buffer, so nothing is
+    dead.
     """
     tree = tuple(setup.params for _ in range(blocks))
     keys = jax.random.split(jax.random.key(seed), setup.steps_per_epoch)
 
     def scan(acc, keys):
         def body(acc, key):
-            return jax.tree.map(jnp.add, acc, normal_like(key, acc)), None
+            return jax.tree.map(jnp.add, acc, langevin_noise(key, acc, kind)), None
 
         return jax.lax.scan(body, acc, keys)[0]
 
@@ -521,10 +620,59 @@ def noise_cases(setup: FlaxSetup, blocks: int, seed: int) -> dict[str, Callable[
         with torch.no_grad():
             for _ in range(setup.steps_per_epoch):
                 for buf in buffers:
-                    buf.add_(torch.randn(buf.shape, generator=generator))
+                    buf.add_(torch_noise(buf, generator))
 
     torch_draws()
-    return {"noise/flatjax": lambda: flax_draws(acc, keys), "noise/torch-1thread": torch_draws}
+    return {
+        f"{prefix}/flatjax": lambda: flax_draws(acc, keys),
+        f"{prefix}/torch-1thread": torch_draws,
+    }
+
+
+def grad_cases(
+    setup: FlaxSetup, x: np.ndarray, y: np.ndarray, seed: int, prefix: str
+) -> dict[str, Callable[[], Any]]:
+    """One epoch's worth of minibatch gradients alone, on each side.
+
+    flatjax: the kernel's gradient estimator in a jitted ``lax.scan`` over the epoch's
+    minibatches (summed into a buffer); torch: ``autograd.grad`` of the same loss per
+    minibatch, eager, one thread. The rest of an epoch is the noise and the update.
+    """
+    n, b = len(x), setup.config.batch_size
+    steps = setup.steps_per_epoch
+    idx = np.random.default_rng(seed).permutation(n)[: steps * b].reshape(steps, b)
+    xj, yj, idxj = jnp.asarray(x), jnp.asarray(y), jnp.asarray(idx)
+
+    def scan(acc, idx):
+        def body(acc, i):
+            g = setup.grad_fn(setup.params, (xj[i], yj[i]))
+            return jax.tree.map(jnp.add, acc, g), None
+
+        return jax.lax.scan(body, acc, idx)[0]
+
+    acc = jax.tree.map(jnp.zeros_like, setup.params)
+    flax_grads = jax.jit(scan).lower(acc, idxj).compile()
+    jax.block_until_ready(flax_grads(acc, idxj))
+    model = torch_mlp(setup.params)
+    params = list(model.parameters())
+    tx = torch.from_numpy(np.array(x, dtype=np.float32))
+    ty = torch.from_numpy(np.array(y)).long()
+    tidx = torch.from_numpy(idx)
+    buffers = [torch.zeros_like(p) for p in params]
+
+    def torch_grads() -> None:
+        torch.set_num_threads(1)
+        for i in tidx:
+            grads = torch.autograd.grad(F.cross_entropy(model(tx[i]), ty[i]), params)
+            with torch.no_grad():
+                for buf, g in zip(buffers, grads, strict=True):
+                    buf.add_(g)
+
+    torch_grads()
+    return {
+        f"{prefix}/flatjax": lambda: flax_grads(acc, idxj),
+        f"{prefix}/torch-1thread": torch_grads,
+    }
 
 
 def run_benchmark(settings: Settings) -> dict:
@@ -536,91 +684,131 @@ def run_benchmark(settings: Settings) -> dict:
     setups: dict[str, FlaxSetup] = {}
     warmup_s: dict[str, float] = {}
     skipped: dict[str, str] = {}
-    for method in METHODS:
-        setup = setups[method] = flax_setup(method, settings, x)
-        name = f"{method}/flatjax"
-        start = time.perf_counter()
-        run = FlatjaxRun(
-            setup, (jnp.asarray(x), jnp.asarray(y)), settings.num_epochs, settings.epochs_per_call
-        )
-        run.start()  # the warm-up epoch, compiling the loop
-        warmup_s[name] = time.perf_counter() - start
-        cases[name], runs[name] = run, run
-        total = settings.num_epochs * setup.steps_per_epoch
-        step_sizes = schedule_values(setup.step_size, total)
-        temperatures = schedule_values(setup.temperature, total)
-        for variant, spec in torch_variants(settings).items():
-            name = f"{method}/{variant}"
-            sampler = TorchSampler(
-                setup.params,
-                method,
-                settings.num_train,
-                settings.eta,
-                settings.weight_decay,
-                seed=settings.seed,
-                compile=spec["compile"],
-            )
-            trun = TorchRun(
-                sampler,
-                x,
-                y,
-                settings.batch_size,
-                step_sizes,
-                temperatures,
-                settings.epochs_per_call,
-                threads=spec["threads"],
-            )
-            start = time.perf_counter()
-            try:
-                trun(epochs=1)  # the warm-up epoch (and compilation for torch.compile)
-            except Exception as error:  # torch.compile needs a C++ toolchain
-                if not spec["compile"]:
-                    raise
-                skipped[name] = f"{type(error).__name__}: {str(error)[:300]}"
-                traceback.print_exc()
-                continue
-            warmup_s[name] = time.perf_counter() - start
-            cases[name], runs[name] = trun, trun
-        print(f"  {method}: warm-up done", file=sys.stderr, flush=True)
-    noise = noise_cases(setups["emcmc"], blocks=2, seed=settings.seed)
-    cases.update(noise)
+    torch_noise: dict[str, dict] = {}
+    models: dict[str, dict] = {}
+    diagnostics: list[tuple[str, str, str]] = []  # (model, what, prefix)
+    for model in settings.models:
+        hidden = MODELS[model]
+        for noise in settings.noises:
+            base = flax_setup("emcmc", settings, x, noise, hidden)
+            name, ms = fastest_torch_noise(base.params, noise, seed=settings.seed)
+            torch_noise[f"{model}/{noise}"] = {"fastest": name, "ms_per_draw": ms}
+            draw = TORCH_NOISE[noise][name]
+            models[model] = {
+                "hidden": list(hidden),
+                "num_params": int(sum(a.size for a in jax.tree.leaves(base.params))),
+            }
+            for method in METHODS:
+                key = f"{model}/{method}/{noise}"
+                setup = setups[key] = flax_setup(method, settings, x, noise, hidden)
+                name = f"{key}/flatjax"
+                start = time.perf_counter()
+                run = FlatjaxRun(
+                    setup,
+                    (jnp.asarray(x), jnp.asarray(y)),
+                    settings.num_epochs,
+                    settings.epochs_per_call,
+                )
+                run.start()  # the warm-up epoch, compiling the loop
+                warmup_s[name] = time.perf_counter() - start
+                cases[name], runs[name] = run, run
+                total = settings.num_epochs * setup.steps_per_epoch
+                step_sizes = schedule_values(setup.step_size, total)
+                temperatures = schedule_values(setup.temperature, total)
+                for variant, spec in torch_variants(settings).items():
+                    name = f"{key}/{variant}"
+                    sampler = TorchSampler(
+                        setup.params,
+                        method,
+                        settings.num_train,
+                        setup.config.eta,
+                        settings.weight_decay,
+                        seed=settings.seed,
+                        compile=spec["compile"],
+                        noise=draw,
+                    )
+                    trun = TorchRun(
+                        sampler,
+                        x,
+                        y,
+                        settings.batch_size,
+                        step_sizes,
+                        temperatures,
+                        settings.epochs_per_call,
+                        threads=spec["threads"],
+                    )
+                    start = time.perf_counter()
+                    try:
+                        trun(epochs=1)  # the warm-up epoch (and compilation for torch.compile)
+                    except Exception as error:  # torch.compile needs a C++ toolchain
+                        if not spec["compile"]:
+                            raise
+                        skipped[name] = f"{type(error).__name__}: {str(error)[:300]}"
+                        traceback.print_exc()
+                        continue
+                    warmup_s[name] = time.perf_counter() - start
+                    cases[name], runs[name] = trun, trun
+                print(f"  {key}: warm-up done", file=sys.stderr, flush=True)
+            prefix = f"{model}/noise/{noise}"
+            cases.update(noise_cases(base, noise, draw, 2, settings.seed, prefix))
+            diagnostics.append((model, f"noise, {noise} (2 draws/step)", prefix))
+        prefix = f"{model}/grad"
+        cases.update(grad_cases(base, x, y, settings.seed, prefix))
+        diagnostics.append((model, "gradients alone", prefix))
 
     wall, cpu = measure(cases, settings.rounds, seed=settings.seed, label="vs_pytorch")
     epochs = {name: settings.epochs_per_call for name in cases}
-    epochs.update({name: 1 for name in noise})
+    for _, _, prefix in diagnostics:
+        epochs.update({f"{prefix}/flatjax": 1, f"{prefix}/torch-1thread": 1})
 
     final = {}
     for name, run in runs.items():
-        setup = setups[name.split("/")[0]]
+        setup = setups[name.rsplit("/", 1)[0]]
         if isinstance(run, FlatjaxRun):
             params = run.finish()
         else:
             params = run.final_params(setup.params)
         final[name] = evaluate(setup.apply_fn, params, data)
-    initial = evaluate(setups["emcmc"].apply_fn, setups["emcmc"].params, data)
+    initial = {
+        model: evaluate(setups[f"{model}/emcmc/{settings.noises[0]}"].apply_fn, p, data)
+        for model in settings.models
+        for p in [setups[f"{model}/emcmc/{settings.noises[0]}"].params]
+    }
 
     ratios = []
-    for method in METHODS:
+    for key in setups:
+        model, method, noise = key.split("/")
         for variant in torch_variants(settings):
-            num, den = f"{method}/{variant}", f"{method}/flatjax"
+            num, den = f"{key}/{variant}", f"{key}/flatjax"
             if num in cases:
                 ratios.append(
-                    {"method": method, "torch": variant, **paired(wall, cpu, epochs, num, den)}
+                    {
+                        "model": model,
+                        "method": method,
+                        "noise": noise,
+                        "torch": variant,
+                        **paired(wall, cpu, epochs, num, den),
+                    }
                 )
-    ratios.append(
-        {
-            "method": "noise (2 draws/step)",
-            "torch": "torch-1thread",
-            **paired(wall, cpu, epochs, "noise/torch-1thread", "noise/flatjax"),
-        }
-    )
+    for model, what, prefix in diagnostics:
+        ratios.append(
+            {
+                "model": model,
+                "method": what,
+                "noise": "",
+                "torch": "torch-1thread",
+                **paired(wall, cpu, epochs, f"{prefix}/torch-1thread", f"{prefix}/flatjax"),
+            }
+        )
     per_epoch = {name: summary([t / epochs[name] for t in ts]) for name, ts in wall.items()}
     per_epoch_cpu = {name: summary([t / epochs[name] for t in ts]) for name, ts in cpu.items()}
-    setup = setups["emcmc"]
+    setup = next(iter(setups.values()))
     return {
         "data": data_note,
         "steps_per_epoch": setup.steps_per_epoch,
-        "num_params": int(sum(a.size for a in jax.tree.leaves(setup.params))),
+        "eta": setup.config.eta,
+        "models": models,
+        "torch_noise": torch_noise,
         "warmup_s": warmup_s,
         "skipped": skipped,
         "seconds_per_call": wall,
@@ -634,63 +822,93 @@ def run_benchmark(settings: Settings) -> dict:
     }
 
 
+def _is_training(r: dict) -> bool:
+    return r["method"] in METHODS
+
+
 def verdicts(ratios: list[dict]) -> list[dict]:
-    """The target per method against each torch loop, and against the fastest one."""
+    """The target per (model, method, noise): against each torch loop and the fastest one.
+
+    The fastest torch loop is the one-thread loop (eager or compiled) with the smallest
+    median ratio; the default-thread loop, where timed, is judged but never counts as
+    the fastest (the issue's targets are against one-thread torch).
+    """
     out = []
-    for method in METHODS:
-        rows = [r for r in ratios if r["method"] == method]
+    groups: dict[tuple, list[dict]] = {}
+    for r in ratios:
+        if _is_training(r):
+            key = (r.get("model", ""), r["method"], r.get("noise", "gaussian"))
+            groups.setdefault(key, []).append(r)
+    for (model, method, noise), rows in groups.items():
+        target = TARGETS.get(noise, TARGETS["gaussian"])
+        label = f"{model} {method} {noise}".strip()
+        common = {"model": model, "method": method, "noise": noise, "target": target}
         for r in rows:
             out.append(
                 {
-                    "method": method,
+                    **common,
                     "torch": r["torch"],
-                    "what": f"{method}: flatjax >= {TARGET:g}x faster per epoch than "
+                    "what": f"{label}: flatjax >= {target:g}x faster per epoch than "
                     f"`{r['torch']}` (median paired ratio torch / flatjax)",
+                    "median": r["median"],
                     "value": f"{r['median']:.2f} (IQR {r['q25']:.2f}-{r['q75']:.2f})",
-                    "holds": r["median"] >= TARGET,
+                    "holds": r["median"] >= target,
                 }
             )
-        if rows:
-            best = min(rows, key=lambda r: r["median"])
+        one_thread = [r for r in rows if r["torch"] != "torch"]
+        if one_thread:
+            best = min(one_thread, key=lambda r: r["median"])
             out.append(
                 {
-                    "method": method,
+                    **common,
                     "torch": "fastest",
-                    "what": f"{method}: flatjax >= {TARGET:g}x faster per epoch than the "
-                    f"fastest torch loop (`{best['torch']}`)",
+                    "fastest": best["torch"],
+                    "what": f"{label}: flatjax >= {target:g}x faster per epoch than the "
+                    f"fastest one-thread torch loop (`{best['torch']}`)",
+                    "median": best["median"],
+                    "cpu_median": best.get("cpu_time", {}).get("median"),
                     "value": f"{best['median']:.2f} (IQR {best['q25']:.2f}-{best['q75']:.2f})",
-                    "holds": best["median"] >= TARGET,
+                    "holds": best["median"] >= target,
                 }
             )
     return out
 
 
 def bottom_line(targets: list[dict]) -> dict[str, str]:
-    """The target stated plainly: ``{"verdict": "holds" | "fails", "detail": ...}``."""
-    default = {t["method"]: t["holds"] for t in targets if t["torch"] == "torch"}
-    fastest = {t["method"]: t["holds"] for t in targets if t["torch"] == "fastest"}
+    """The targets stated plainly: ``{"verdict": "holds" | "fails", "detail": ...}``."""
+    fastest = [t for t in targets if t["torch"] == "fastest"]
     if not fastest:
         return {"verdict": "not measured", "detail": "no torch loop was timed"}
-    if all(fastest.values()):
-        detail = " and ".join(fastest) + ": against every torch loop timed"
-        return {"verdict": "holds", "detail": detail}
+
+    def label(t: dict) -> str:
+        return " ".join(v for v in (t.get("model", ""), t["method"], t.get("noise", "")) if v)
+
+    failed = [t for t in fastest if not t["holds"]]
+    if not failed:
+        return {"verdict": "holds", "detail": f"all {len(fastest)} against the fastest torch loop"}
     parts = []
-    for method in fastest:
-        if fastest[method]:
-            parts.append(f"{method}: holds against every torch loop timed")
-        elif default.get(method):
-            parts.append(
-                f"{method}: holds only against torch's default threads, fails against the "
-                "fastest torch loop"
-            )
-        else:
-            parts.append(f"{method}: fails against every torch loop timed")
-    return {"verdict": "fails", "detail": "; ".join(parts)}
+    for t in failed:
+        default = [
+            u for u in targets if u["torch"] == "torch" and label(u) == label(t) and u["holds"]
+        ]
+        why = " (holds only against torch's default threads)" if default else ""
+        parts.append(f"{label(t)}: {t['median']:.2f}x < {t.get('target', 2.0):g}x{why}")
+    held = len(fastest) - len(failed)
+    detail = f"{held} of {len(fastest)} hold; fail: " + "; ".join(parts)
+    return {"verdict": "fails", "detail": detail}
+
+
+def _fmt(t: dict | None, key: str = "median") -> str:
+    return "" if t is None else f"{t[key]:.3f}"
 
 
 def markdown(result: dict) -> str:
     """The results as markdown."""
     info, s, bench = result["machine"], result["settings"], result["benchmark"]
+    models = ", ".join(
+        f"784-{'-'.join(map(str, m['hidden']))}-10 ({m['num_params']:,} parameters)"
+        for m in bench["models"].values()
+    )
     out = [
         "# Speed per epoch: flatjax's jitted loop vs a PyTorch re-implementation",
         "",
@@ -700,37 +918,63 @@ def markdown(result: dict) -> str:
         f"{result['load_before']} before, {result['load_after']} after (the machine is "
         f"shared); {result['total_s'] / 60:.1f} min in all. "
         f"{'QUICK run. ' if result['quick'] else ''}"
-        f"{bench['data']}; MLP 784-{'-'.join(map(str, s['hidden']))}-10 "
-        f"({bench['num_params']:,} parameters), batch {s['batch_size']}, "
+        f"{bench['data']}; MLPs {models}; batch {s['batch_size']}, "
         f"{bench['steps_per_epoch']} steps per epoch, one chain; lr {s['lr']} "
-        f"(step lr/N), T {s['temperature']}, eta {s['eta']}, weight decay "
-        f"{s['weight_decay']}. {s['rounds']} interleaved rounds of "
+        f"(step lr/N), T {s['temperature']}, eta {bench['eta']:g}, weight decay "
+        f"{s['weight_decay']}; noise {' and '.join(s['noises'])} on both sides (torch: its "
+        f"fastest way to draw each, see below). {s['rounds']} interleaved rounds of "
         f"{s['epochs_per_call']} epoch(s) per case after one warm-up epoch; "
         "medians over rounds, IQR = q75 - q25.",
         "",
-        f"**Target, flatjax >= {TARGET:g}x faster per epoch: {result['verdict']['verdict']}** "
-        f"({result['verdict']['detail']}).",
+        "**Targets, flatjax faster per epoch than the fastest one-thread torch loop by "
+        + " / ".join(f"{TARGETS[n]:g}x ({n})" for n in s["noises"])
+        + f": {result['verdict']['verdict']}** ({result['verdict']['detail']}).",
         "",
-        "## Paired ratios torch / flatjax of the time per epoch (> 1: flatjax faster)",
+        "## Targets (paired ratio torch / flatjax of the time per epoch, > 1: flatjax faster)",
         "",
-        "| method | torch loop | median | q25 | q75 | IQR | CPU-time median |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | method | noise | target | fastest torch loop | median | IQR | CPU-time median "
+        "| holds |",
+        "|---|---|---|---:|---|---:|---|---:|---|",
+    ]
+    for t in result["targets"]:
+        if t["torch"] != "fastest":
+            continue
+        cpu = t.get("cpu_median")
+        out.append(
+            f"| {t['model']} | {t['method']} | {t['noise']} | {t['target']:g}x | "
+            f"{t['fastest']} | {t['median']:.2f} | {t['value'].split('(IQR ')[1][:-1]} | "
+            f"{'' if cpu is None else f'{cpu:.2f}'} | "
+            f"{'yes' if t['holds'] else '**no**'} |"
+        )
+    out += [
+        "",
+        "## All paired ratios torch / flatjax",
+        "",
+        "Per epoch; the last rows per model time the pieces of an epoch alone (one "
+        "epoch's gradients; one Entropy-MCMC epoch's noise, two parameter-sized draws "
+        "per step).",
+        "",
+        "| model | what | noise | torch loop | median | q25 | q75 | IQR | CPU-time median |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in bench["ratios"]:
         out.append(
-            f"| {r['method']} | {r['torch']} | {r['median']:.2f} | {r['q25']:.2f} | "
-            f"{r['q75']:.2f} | {r['iqr']:.2f} | {r['cpu_time']['median']:.2f} |"
+            f"| {r['model']} | {r['method']} | {r['noise']} | {r['torch']} | "
+            f"{r['median']:.2f} | {r['q25']:.2f} | {r['q75']:.2f} | {r['iqr']:.2f} | "
+            f"{r['cpu_time']['median']:.2f} |"
         )
     out += [
         "",
         "## Time per epoch and final parameters",
         "",
-        "Every training case starts from the same initialisation and runs "
+        "Every training case starts from its model's initialisation and runs "
         f"{s['num_epochs']} epochs (warm-up included); training NLL / accuracy on all "
-        "training rows and test accuracy of its final theta (initial: train NLL "
-        f"{bench['initial']['train_nll']:.3f}, test accuracy "
-        f"{bench['initial']['test_accuracy']:.3f}). `noise/*`: only the N(0, I) draws of "
-        "one Entropy-MCMC epoch (two parameter-sized draws per step).",
+        "training rows and test accuracy of its final theta (initial: "
+        + "; ".join(
+            f"{m} train NLL {v['train_nll']:.3f}, test accuracy {v['test_accuracy']:.3f}"
+            for m, v in bench["initial"].items()
+        )
+        + ").",
         "",
         "| case | s / epoch (median) | IQR | CPU s / epoch | warm-up s | train NLL | "
         "train acc | test acc |",
@@ -751,89 +995,124 @@ def markdown(result: dict) -> str:
         )
     for name, why in bench["skipped"].items():
         out.append(f"| {name} | skipped: {why} | | | | | | |")
-    out += ["", "## Targets", ""]
+    out += [
+        "",
+        "## torch's noise",
+        "",
+        "Each torch loop draws its noise the fastest way measured here (one thread, CPU "
+        "ms per draw of all the model's parameters, median of 5 interleaved rounds of 20 "
+        "draws):",
+        "",
+        "| model / noise | used | candidates (ms per draw) |",
+        "|---|---|---|",
+    ]
+    for key, v in bench["torch_noise"].items():
+        cands = ", ".join(f"`{n}` {ms:.2f}" for n, ms in v["ms_per_draw"].items())
+        out.append(f"| {key} | `{v['fastest']}` | {cands} |")
+    out += ["", "## Every target", ""]
     for v in result["targets"]:
         out.append(f"- {v['what']}: {v['value']} -> **{'holds' if v['holds'] else 'fails'}**")
     out += ["", *notes(result), ""]
     return "\n".join(out)
 
 
+def time_shares(bench: dict) -> list[dict]:
+    """Per model and noise: each side's epoch, its gradients alone and its noise alone (s)."""
+    epoch = bench["seconds_per_epoch"]
+    rows = []
+    for key in bench["torch_noise"]:
+        model, noise = key.split("/")
+        for method in METHODS:
+            for side in ("flatjax", "torch-1thread"):
+                case = f"{model}/{method}/{noise}/{side}"
+                if case not in epoch:
+                    continue
+                grad = epoch.get(f"{model}/grad/{side}")
+                draws = epoch.get(f"{model}/noise/{noise}/{side}")
+                rows.append(
+                    {
+                        "model": model,
+                        "method": method,
+                        "noise": noise,
+                        "side": side,
+                        "epoch": epoch[case]["median"],
+                        "grad": None if grad is None else grad["median"],
+                        # SGLD draws once per step, Entropy-MCMC twice
+                        "noise_s": None
+                        if draws is None
+                        else draws["median"] * (1.0 if method == "emcmc" else 0.5),
+                    }
+                )
+    return rows
+
+
 def notes(result: dict) -> list[str]:
     """What the numbers mean, with this run's values."""
     bench = result["benchmark"]
-    ratio = {(r["method"], r["torch"]): r for r in bench["ratios"]}
-    epoch = bench["seconds_per_epoch"]
-
-    def med(method: str, variant: str, cpu: bool = False) -> str:
-        r = ratio.get((method, variant))
-        if r is None:
-            return "n/a"
-        return f"{(r['cpu_time'] if cpu else r)['median']:.2f}"
-
-    def share(noise: str, case: str) -> str:
-        if noise not in epoch or case not in epoch:
-            return "n/a"
-        return f"{100 * epoch[noise]['median'] / epoch[case]['median']:.0f}%"
-
+    failed = {
+        (t["model"], t["method"], t["noise"])
+        for t in result["targets"]
+        if t["torch"] == "fastest" and not t["holds"]
+    }
+    out = [
+        "## Where the time goes",
+        "",
+        "Seconds per epoch (median) of each side's whole epoch, of its gradients alone "
+        "and of its noise alone (an Entropy-MCMC step draws twice, SGLD once); the rest "
+        "is the update (axpys, the coupling), the minibatch gather and the loop. "
+        "Pieces are timed separately, so they need not add up exactly.",
+        "",
+        "| model | method | noise | side | epoch | gradients | noise | rest | target |",
+        "|---|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in time_shares(bench):
+        grad, draws = r["grad"], r["noise_s"]
+        rest = r["epoch"] - (grad or 0.0) - (draws or 0.0)
+        verdict = "fails" if (r["model"], r["method"], r["noise"]) in failed else "holds"
+        out.append(
+            f"| {r['model']} | {r['method']} | {r['noise']} | {r['side']} | "
+            f"{r['epoch']:.3f} | {'' if grad is None else f'{grad:.3f}'} | "
+            f"{'' if draws is None else f'{draws:.3f}'} | {rest:.3f} | {verdict} |"
+        )
     threads = result["machine"]["torch_threads"]
     load = (result["load_before"] or ["n/a"])[0]
-    cores = result["machine"]["cpus_usable"] or result["machine"]["cpu_count"]
-    out = [
+    out += [
+        "",
         "## Notes",
         "",
         "- Same work on both sides: same model and initialisation, same data, batch size, "
         "steps per epoch, schedules and update equations (one noise-free step agrees to "
         "float precision and the noise has the same scale, `tests/test_vs_pytorch.py`); "
         "only the random streams (minibatch order, noise) differ, so the final scores agree "
-        "in range, not exactly. A sampler's final iterate varies from one random stream to "
-        "another: the torch variants share a seed and differ only in the order of float "
-        "sums (threads, compilation), yet their trajectories part and their scores spread "
-        "about as far from each other as from flatjax's.",
+        "in range, not exactly.",
         "- flatjax is timed through `flatjax.inference.loop.run` as the command line runs it "
-        "(one vmapped chain, one jitted `lax.scan` per epoch, the per-epoch divergence "
-        "check); the per-epoch evaluation of `run_experiment` is left out on both sides. "
-        "Its warm-up epoch includes the compilation.",
-        f"- Threads. torch's default here is {threads} OpenMP threads: every op above a "
-        "small size is split over the cores, and the threads busy-wait at the end of each "
-        "op for each other. When other processes hold the cores (this run: load average "
-        f"{load} on {cores} cores) one of them is often descheduled and the loop stalls on "
-        "almost every op: Entropy-MCMC with the default threads runs at "
-        f"{med('emcmc', 'torch')}x flatjax's time per epoch, but with one thread at "
-        f"{med('emcmc', 'torch-1thread')}x (SGLD: {med('sgld', 'torch')}x and "
-        f"{med('sgld', 'torch-1thread')}x). With one thread (or, in a separate trial, "
-        "with `OMP_WAIT_POLICY=PASSIVE`) the stall is gone; on an idle machine it should "
-        "not arise (not measured here). The default-thread ratio therefore measures the "
-        "machine's load as much as either library; the fastest torch loop is the fair "
-        "comparison.",
-        "- Random numbers: flatjax draws threefry normals (counter-based, "
-        "`flatjax._util.normal_like`), torch a `Generator`'s normals. The noise alone of "
-        "one Entropy-MCMC epoch (two parameter-sized draws per step) takes "
-        f"{share('noise/flatjax', 'emcmc/flatjax')} of flatjax's Entropy-MCMC epoch and "
-        f"{share('noise/torch-1thread', 'emcmc/torch-1thread')} of the one-thread torch "
-        f"epoch (noise torch / flatjax: {med('noise (2 draws/step)', 'torch-1thread')}).",
+        "(`--chains 1 --noise gaussian|rademacher`; one vmapped chain, one jitted `lax.scan` "
+        "per epoch, the per-epoch divergence check); the per-epoch evaluation of "
+        "`run_experiment` is left out on both sides. Its warm-up epoch includes the "
+        "compilation.",
+        "- The torch loops run on one thread, eager and with `torch.compile` (forward and "
+        "backward of the model through Inductor's C++ backend, compiled during the warm-up "
+        "epoch; the update stays eager: compiling it as well recompiles as the step size "
+        "changes). Each target is judged against the faster of the two. torch's default "
+        f"threads ({threads} here) are not timed unless `--default-threads`: on this shared "
+        f"machine (load average {load} on {result['machine']['cpus_usable']} cores) its "
+        "busy-waiting OpenMP threads stall on almost every op (the previous result: "
+        "Entropy-MCMC at 15x flatjax's time per epoch with default threads, 0.69x with one).",
+        "- Random numbers: flatjax draws threefry bits (counter-based: "
+        "`flatjax._util.langevin_noise`; Rademacher signs take one bit per parameter, "
+        "Gaussians an inverse-CDF transform of 32 bits), torch a `Generator`'s stream "
+        "(vectorised Mersenne-Twister/Box-Muller; its Rademacher draws are not cheaper than "
+        "its Gaussians, see the table above).",
     ]
-    compiled = [r for r in bench["ratios"] if r["torch"].startswith("torch-compile")]
-    if compiled:
-        out.append(
-            "- `torch.compile` (forward and backward of the model through Inductor's C++ "
-            "backend, compiled offline during the warm-up epoch, one thread; the update "
-            "stays eager: compiling it as well, in a trial, was several times slower, "
-            "recompiling as the step size changes): torch-compile-1thread / flatjax is "
-            f"{med('emcmc', compiled[0]['torch'])} (Entropy-MCMC) and "
-            f"{med('sgld', compiled[0]['torch'])} (SGLD), against "
-            f"{med('emcmc', 'torch-1thread')} and {med('sgld', 'torch-1thread')} eager."
-        )
-    elif bench["skipped"]:
-        out.append("- `torch.compile` failed here and was skipped (see the table).")
-    else:
-        out.append("- `torch.compile` was not timed in this run (`--quick` or `--no-compile`).")
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 1k examples, lr 0.25, 3 rounds"
+        "--quick",
+        action="store_true",
+        help="smoke run: 1k examples, lr 0.25, 3 rounds, the 128-128 MLP only",
     )
     parser.add_argument("--install", action="store_true", help=f"pip install {TORCH_REQUIREMENT}")
     parser.add_argument("--rounds", type=int, default=None, help="paired rounds (7; quick 3)")
@@ -843,12 +1122,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument(
         "--lr", type=float, default=None, help="0.5; quick 0.25 (lr / N must stay below eta)"
     )
+    parser.add_argument(
+        "--hidden",
+        nargs="+",
+        choices=tuple(MODELS),
+        default=None,
+        help=f"the MLPs to time (default: {' '.join(MODELS)}; quick: 128-128)",
+    )
+    parser.add_argument(
+        "--noise", nargs="+", choices=NOISES, default=list(NOISES), help="noise kinds to time"
+    )
     parser.add_argument("--epochs-per-call", type=int, default=1, help="epochs per timed call")
     parser.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="also time torch.compile (default: on, off with --quick)",
+    )
+    parser.add_argument(
+        "--default-threads",
+        action="store_true",
+        help="also time torch at its default number of threads",
     )
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
@@ -860,9 +1154,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         rounds=args.rounds or (3 if quick else 7),
         epochs_per_call=args.epochs_per_call,
         compile=(not quick) if args.compile is None else args.compile,
+        default_threads=args.default_threads,
         batch_size=args.batch_size,
         lr=args.lr or (0.25 if quick else ExperimentConfig.lr),
         torch_threads=DEFAULT_THREADS,
+        models=tuple(args.hidden or (("128-128",) if quick else MODELS)),
+        noises=tuple(dict.fromkeys(args.noise)),
     )
     load_before = load_average()
     start = time.perf_counter()
@@ -873,7 +1170,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     info = {
         **machine_info(),
         "torch": torch.__version__,
-        "torch_threads": torch_variants(settings)["torch"]["threads"],
+        "torch_threads": DEFAULT_THREADS,
         "torch_interop_threads": torch.get_num_interop_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),

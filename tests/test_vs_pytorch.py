@@ -51,7 +51,7 @@ def test_one_noise_free_step_matches_flatjax(data, method):
     noise = normal_like(jax.random.key(1), params)
     guide = jax.tree.map(lambda a, n: a + 0.05 * n, params, noise)
     sampler = vs_pytorch.TorchSampler(
-        params, method, SETTINGS.num_train, SETTINGS.eta, SETTINGS.weight_decay
+        params, method, SETTINGS.num_train, setup.config.eta, SETTINGS.weight_decay
     )
     if method == "emcmc":
         sampler.guide = [p.detach().clone() for p in vs_pytorch.torch_mlp(guide).parameters()]
@@ -80,11 +80,19 @@ def test_one_noise_free_step_matches_flatjax(data, method):
             np.testing.assert_allclose(g - o, w - o, atol=2e-6, rtol=1e-3)
 
 
-@pytest.mark.parametrize("method", ["emcmc", "sgld"])
-def test_noise_has_the_same_scale(data, method):
-    """At temperature T every block gets N(0, 2 h T) noise on both sides."""
+@pytest.mark.parametrize(
+    "method, noise, torch_draw",
+    [
+        ("emcmc", "gaussian", "torch.randn"),
+        ("sgld", "gaussian", "Tensor.normal_"),
+        *[("emcmc", "rademacher", name) for name in vs_pytorch.TORCH_NOISE["rademacher"]],
+        ("sgld", "rademacher", "torch.randn().sign_()"),
+    ],
+)
+def test_noise_has_the_same_scale(data, method, noise, torch_draw):
+    """At temperature T every block gets noise of variance 2 h T on both sides (same law)."""
     x, y = data
-    setup = vs_pytorch.flax_setup(method, SETTINGS, x)
+    setup = vs_pytorch.flax_setup(method, SETTINGS, x, noise=noise)
     step_size, temperature = 1e-4, 0.5
     xb, yb = x[:32], y[:32]
     batch = (jnp.asarray(xb), jnp.asarray(yb))
@@ -97,7 +105,12 @@ def test_noise_has_the_same_scale(data, method):
     torch_noise = []
     for t in (temperature, 0.0):
         sampler = vs_pytorch.TorchSampler(
-            setup.params, method, SETTINGS.num_train, SETTINGS.eta, SETTINGS.weight_decay
+            setup.params,
+            method,
+            SETTINGS.num_train,
+            setup.config.eta,
+            SETTINGS.weight_decay,
+            noise=vs_pytorch.TORCH_NOISE[noise][torch_draw],
         )
         sampler.step(torch.from_numpy(xb), torch.from_numpy(yb).long(), step_size, t)
         blocks = sampler.params + (sampler.guide or [])
@@ -106,9 +119,11 @@ def test_noise_has_the_same_scale(data, method):
     expected = np.sqrt(2 * step_size * temperature)
     num_params = sum(a.size for a in jax.tree.leaves(setup.params))
     assert flax_noise.size == torch_noise.size == num_params * (2 if method == "emcmc" else 1)
-    for noise in (np.asarray(flax_noise), torch_noise):
-        assert abs(noise.mean()) < 0.01 * expected
-        assert noise.std() == pytest.approx(expected, rel=0.01)
+    for draws in (np.asarray(flax_noise), torch_noise):
+        assert abs(draws.mean()) < 0.01 * expected
+        assert draws.std() == pytest.approx(expected, rel=0.01)
+        if noise == "rademacher":  # random signs times the scale
+            np.testing.assert_allclose(np.abs(draws), expected, rtol=1e-2)
 
 
 def test_schedules_are_flatjax_schedules():
@@ -117,22 +132,51 @@ def test_schedules_are_flatjax_schedules():
     assert vs_pytorch.schedule_values(0.25, 3) == [0.25, 0.25, 0.25]
 
 
-def test_bottom_line_judges_against_the_fastest_torch_loop():
-    def target(method, torch_loop, holds):
-        return {"method": method, "torch": torch_loop, "holds": holds}
+def test_verdicts_per_model_method_and_noise_against_the_fastest_one_thread_loop():
+    def ratio(model, method, noise, torch_loop, median):
+        return {
+            "model": model,
+            "method": method,
+            "noise": noise,
+            "torch": torch_loop,
+            "median": median,
+            "q25": median,
+            "q75": median,
+        }
 
-    both = [target(m, t, True) for m in ("emcmc", "sgld") for t in ("torch", "fastest")]
-    assert vs_pytorch.bottom_line(both)["verdict"] == "holds"
-    only_default = [target("emcmc", "torch", True), target("emcmc", "fastest", False)]
-    line = vs_pytorch.bottom_line(only_default)
-    assert line["verdict"] == "fails" and "only against torch's default" in line["detail"]
     ratios = [
-        {"method": "emcmc", "torch": "torch", "median": 5.0, "q25": 4.0, "q75": 6.0},
-        {"method": "emcmc", "torch": "torch-1thread", "median": 1.1, "q25": 1.0, "q75": 1.2},
+        ratio("128-128", "emcmc", "gaussian", "torch-1thread", 1.5),
+        ratio("128-128", "emcmc", "gaussian", "torch-compile-1thread", 1.2),
+        ratio("128-128", "emcmc", "gaussian", "torch", 9.0),
+        ratio("128-128", "emcmc", "rademacher", "torch-1thread", 2.5),
+        ratio("128-128", "gradients alone", "", "torch-1thread", 0.5),  # not a target
     ]
     targets = vs_pytorch.verdicts(ratios)
-    assert [t["holds"] for t in targets] == [True, False, False]
-    assert "`torch-1thread`" in targets[-1]["what"]
+    fastest = {t["noise"]: t for t in targets if t["torch"] == "fastest"}
+    assert set(fastest) == {"gaussian", "rademacher"}
+    # the default-thread loop is judged but never the fastest; 1.2 < 1.3 fails
+    assert fastest["gaussian"]["fastest"] == "torch-compile-1thread"
+    assert not fastest["gaussian"]["holds"] and fastest["rademacher"]["holds"]
+    assert fastest["rademacher"]["target"] == 2.0 and fastest["gaussian"]["target"] == 1.3
+    line = vs_pytorch.bottom_line(targets)
+    assert line["verdict"] == "fails" and "1 of 2 hold" in line["detail"]
+    assert "128-128 emcmc gaussian: 1.20x < 1.3x" in line["detail"]
+    ok = vs_pytorch.verdicts([ratio("512-512", "sgld", "rademacher", "torch-1thread", 2.1)])
+    assert vs_pytorch.bottom_line(ok)["verdict"] == "holds"
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_torch_noise_candidates_have_unit_variance(kind):
+    gen = torch.Generator().manual_seed(0)
+    like = torch.zeros(200_000)
+    for name, draw in vs_pytorch.TORCH_NOISE[kind].items():
+        x = draw(like, gen)
+        assert x.shape == like.shape and x.dtype == like.dtype, name
+        assert abs(float(x.mean())) < 0.01 and float(x.std()) == pytest.approx(1.0, rel=0.01)
+        if kind == "rademacher":
+            assert set(x.unique().tolist()) == {-1.0, 1.0}, name
+    fastest, ms = vs_pytorch.fastest_torch_noise({"w": jnp.zeros((64, 64))}, kind, 2, 1)
+    assert fastest in vs_pytorch.TORCH_NOISE[kind] and set(ms) == set(vs_pytorch.TORCH_NOISE[kind])
 
 
 def test_smoke_run_writes_results(tmp_path):
@@ -153,18 +197,21 @@ def test_smoke_run_writes_results(tmp_path):
     )
     saved = json.loads((tmp_path / "vs_pytorch_quick.json").read_text())
     assert saved["settings"]["rounds"] == 1
-    assert {(r["method"], r["torch"]) for r in saved["benchmark"]["ratios"]} == {
-        ("emcmc", "torch"),
-        ("emcmc", "torch-1thread"),
-        ("sgld", "torch"),
-        ("sgld", "torch-1thread"),
-        ("noise (2 draws/step)", "torch-1thread"),
+    assert {(r["method"], r["noise"], r["torch"]) for r in saved["benchmark"]["ratios"]} == {
+        ("emcmc", "gaussian", "torch-1thread"),
+        ("sgld", "gaussian", "torch-1thread"),
+        ("emcmc", "rademacher", "torch-1thread"),
+        ("sgld", "rademacher", "torch-1thread"),
+        ("noise, gaussian (2 draws/step)", "", "torch-1thread"),
+        ("noise, rademacher (2 draws/step)", "", "torch-1thread"),
+        ("gradients alone", "", "torch-1thread"),
     }
+    assert {r["model"] for r in saved["benchmark"]["ratios"]} == {"128-128"}
     for r in result["benchmark"]["ratios"]:
         assert r["median"] > 0 and len(r["raw"]) == 1
     for final in saved["benchmark"]["final"].values():
         assert np.isfinite(final["train_nll"]) and 0.0 <= final["test_accuracy"] <= 1.0
-    assert len(saved["targets"]) == 6  # per method: each torch loop, and the fastest
+    assert len(saved["targets"]) == 8  # per method and noise: the one-thread loop, the fastest
     assert saved["verdict"]["verdict"] in ("holds", "fails")
     text = (tmp_path / "vs_pytorch_quick.md").read_text()
-    assert f"flatjax >= 2x faster per epoch: {saved['verdict']['verdict']}" in text
+    assert f": {saved['verdict']['verdict']}**" in text and "## Where the time goes" in text

@@ -12,6 +12,18 @@ from flatjax.vi.sabma import as_top_level_api as sabma
 
 __version__ = "0.1.0"
 
+# submodules reachable as attributes without an explicit import (flatjax.transfer....)
+_LAZY_SUBMODULES = ("transfer", "transfer_pretrained")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"flatjax.{name}")
+    raise AttributeError(f"module 'flatjax' has no attribute {name!r}")
+
+
 __all__ = [
     "EMCMCSGHMCState",
     "EMCMCState",

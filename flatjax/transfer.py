@@ -20,7 +20,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import blackjax
 import jax
@@ -46,6 +46,12 @@ __all__ = [
     "pretrain",
     "initial_posterior",
     "finetune",
+    "finetune_posterior",
+    "FineTuned",
+    "TransferResult",
+    "transfer_result",
+    "few_shot_split",
+    "report",
     "run_transfer",
 ]
 
@@ -268,6 +274,29 @@ def _thin(samples: Any, num: int) -> Any:
     return jax.tree.map(lambda a: a[idx], samples)
 
 
+class FineTuned(NamedTuple):
+    """What one fine-tuning run leaves: the BMA samples and how to pair them with the rest.
+
+    samples
+        The trainable leaves (flat ``{path: leaf}``) of the BMA samples, stacked on a
+        leading axis (one row for a point estimate).
+    backbone_fn
+        ``backbone_fn(key)``: the frozen leaves to pair with one sample (a draw from
+        the source posterior, or the fixed frozen weights).
+    per_sample_backbone
+        Whether ``backbone_fn`` draws (``False``: it ignores its key).
+    q
+        The trained posterior where the method has one (a
+        :class:`~flatjax.vi.lowrank_gaussian.LowRankGaussian` for SA-BMA, SWAG and
+        F-SWAG, an :class:`~flatjax.vi.mfvi.MFVIState` for MFVI), else ``None``.
+    """
+
+    samples: dict
+    backbone_fn: Callable
+    per_sample_backbone: bool
+    q: Any = None
+
+
 def finetune(
     config: TransferConfig,
     target_train: tuple[jax.Array, jax.Array],
@@ -276,31 +305,76 @@ def finetune(
     head: dict,
     apply_fn: Callable,
 ) -> tuple[dict, Callable]:
-    """Train ``config.method`` on the few-shot set.
+    """Train ``config.method`` on the few-shot set from the source posterior.
 
     Returns ``(trainable_samples, backbone_fn)``: the trainable leaves of the BMA
     samples stacked on a leading axis, and ``backbone_fn(key)`` giving the frozen
-    leaves to pair with each sample (a source-SWAG draw or the mean).
+    leaves to pair with each sample (a source-SWAG draw or the mean). The work is
+    :func:`finetune_posterior`'s, from :func:`initial_posterior`.
     """
-    x, y = target_train
-    n = x.shape[0]
-    key = jax.random.key(config.seed + 2)
-    init_key, run_key, bma_key = jax.random.split(key, 3)
+    init_key, run_key = _finetune_keys(config.seed)
     _, backbone_mean = split.split(source_q.mean)
     # the marginal of the source posterior over the frozen leaves (same low-rank form)
     backbone_q = lrg.LowRankGaussian(*(split.split(part)[1] for part in source_q))
+    q0 = initial_posterior(config, split, source_q, head, init_key)
+    fit = finetune_posterior(
+        config, target_train, apply_fn, split, q0, backbone_mean, backbone_q, run_key
+    )
+    return fit.samples, fit.backbone_fn
+
+
+def _finetune_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+    """``(init_key, run_key)`` of a fine-tuning run (the run key splits into run and BMA)."""
+    init_key, run_key, bma_key = jax.random.split(jax.random.key(seed + 2), 3)
+    return init_key, jnp.stack([run_key, bma_key])
+
+
+def finetune_posterior(
+    config: TransferConfig,
+    target_train: tuple[jax.Array, jax.Array],
+    apply_fn: Callable,
+    split: SplitParams,
+    q0: lrg.LowRankGaussian,
+    frozen: dict,
+    backbone_q: lrg.LowRankGaussian | None,
+    rng_key: jax.Array,
+) -> FineTuned:
+    """Train ``config.method`` on the few-shot set: the one code path of every method.
+
+    Parameters
+    ----------
+    config
+        The method and its hyper-parameters (the source fields are not used).
+    target_train
+        The few-shot ``(x, y)``.
+    apply_fn
+        ``apply_fn(params, x) -> logits`` on the *full* parameter pytree.
+    split
+        Which leaves are trained (:class:`SplitParams`).
+    q0
+        The initial posterior over the trainable leaves (SA-BMA trains it; every other
+        method starts at its mean).
+    frozen
+        The frozen leaves' values for the point-estimate and sampling baselines (and
+        for SA-BMA with ``config.backbone="mean"`` or no ``backbone_q``).
+    backbone_q
+        A posterior over the frozen leaves to draw them from at every SA-BMA step and
+        for every BMA sample of the Bayesian methods, or ``None`` to keep them at
+        ``frozen``.
+    rng_key
+        Two keys stacked, ``(run, bma)`` (see ``_finetune_keys``), or one key.
+    """
+    x, y = target_train
+    n = x.shape[0]
+    run_key, bma_key = jax.random.split(rng_key) if rng_key.ndim == 0 else rng_key
+    draws = backbone_q is not None and config.backbone == "sample"
 
     def backbone(k):
-        if config.backbone == "mean":
-            return backbone_mean
-        return lrg.sample(k, backbone_q)
+        return lrg.sample(k, backbone_q) if draws else frozen
 
-    q0 = initial_posterior(config, split, source_q, head, init_key)
     epochs, method = config.epochs, config.method
     batch_size = min(config.batch_size, n)
-    loglik = glue.categorical_loglikelihood(
-        lambda w, xb: apply_fn(split.merge(w, backbone_mean), xb)
-    )
+    loglik = glue.categorical_loglikelihood(lambda w, xb: apply_fn(split.merge(w, frozen), xb))
     prior_precision = n * config.weight_decay
     grad_fn = glue.grad_estimator(glue.gaussian_logprior(prior_precision), loglik, n)
     run = lambda kernel, state, **kw: loop.run(
@@ -319,9 +393,9 @@ def finetune(
 
     if method == "sabma":
 
-        def loss(w, batch, frozen):
+        def loss(w, batch, frozen_draw):
             xb, yb = batch
-            logits = apply_fn(split.merge(w, frozen), xb)
+            logits = apply_fn(split.merge(w, frozen_draw), xb)
             return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
         kernel = sabma.as_top_level_api(
@@ -336,7 +410,7 @@ def finetune(
         )
         result = run(kernel, kernel.init(q0), step_size=config.lr)
         q = jax.tree.map(lambda a: a[0], result.state.q)
-        return lrg.sample_n(bma_key, q, config.num_bma), backbone
+        return FineTuned(lrg.sample_n(bma_key, q, config.num_bma), backbone, draws, q)
     if method == "mfvi":
         # MOPED's prior N(w, (0.1 |w|)^2) collapses on the fresh zero head: floor its
         # scale (and the initial sigma) at the head's prior sd, sqrt(head_variance)
@@ -346,7 +420,7 @@ def finetune(
         state0 = mfvi.init(q0.mean, momentum, min_scale=floor)
         result = run(kernel, state0, step_size=step)
         state = jax.tree.map(lambda a: a[0], result.state)
-        return mfvi.sample(bma_key, state, config.num_bma), backbone
+        return FineTuned(mfvi.sample(bma_key, state, config.num_bma), backbone, draws, state)
     if method in ("sgd", "swag"):
         kernel = optimizer.as_top_level_api(grad_fn, momentum)
     elif method in ("sam", "fsam", "fswag"):
@@ -369,11 +443,255 @@ def finetune(
     if method in ("swag", "fswag"):
         collected = swag.collect_swag(samples, config.swag_rank)
         q = swag.to_lowrank_gaussian(collected, min_variance=config.min_variance)
-        return lrg.sample_n(bma_key, q, config.num_bma), backbone
+        return FineTuned(lrg.sample_n(bma_key, q, config.num_bma), backbone, draws, q)
     if method in ("sgld", "emcmc"):
-        return _thin(samples, config.num_bma), backbone
+        return FineTuned(_thin(samples, config.num_bma), backbone, draws)
     # point estimates: a single "sample" with the backbone at its mean
-    return samples, (lambda k: backbone_mean)
+    return FineTuned(samples, lambda k: frozen, False)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TransferResult:
+    """A fine-tuned posterior: BMA prediction, calibration, metrics and flatness.
+
+    Returned by ``flatjax.transfer.finetune_pretrained`` (and built inside
+    :func:`run_transfer`, so both report the same numbers from the same code).
+
+    Attributes
+    ----------
+    method
+        The :data:`TRANSFER_METHODS` entry that trained it.
+    samples
+        The trainable leaves of the BMA samples as a flat ``{path: leaf}`` dict,
+        each leaf with a leading sample axis.
+    backbones
+        The frozen leaves paired with the samples: stacked like ``samples`` when
+        ``per_sample_backbone`` (drawn from a source posterior), else one set.
+    q
+        The trained posterior over the trainable leaves, where the method has one
+        (SA-BMA / SWAG / F-SWAG: a ``LowRankGaussian``; MFVI: an ``MFVIState``).
+    temperature
+        The temperature fitted on held-out data, or ``None`` (see
+        :meth:`with_temperature`).
+    split
+        :class:`SplitParams`: ``split.merge(trainable, frozen)`` is a full pytree.
+    frozen_mean
+        The frozen leaves at which the flatness measure takes the Hessian.
+    """
+
+    method: str
+    config: TransferConfig
+    samples: dict
+    backbones: dict
+    per_sample_backbone: bool
+    split: SplitParams
+    apply_fn: Callable
+    train_data: tuple[jax.Array, jax.Array]
+    frozen_mean: dict
+    q: Any = None
+    temperature: float | None = None
+    eval_fn: Callable | None = None
+    stats: Any = None
+    heads: tuple[str, ...] = ("head",)
+
+    @property
+    def num_samples(self) -> int:
+        """Number of BMA samples."""
+        return int(jax.tree.leaves(self.samples)[0].shape[0])
+
+    def params(self, i: int) -> Any:
+        """The full parameter pytree of the ``i``-th BMA sample."""
+        w = jax.tree.map(lambda a: a[i], self.samples)
+        b = jax.tree.map(lambda a: a[i], self.backbones) if self.per_sample_backbone else None
+        return self.split.merge(w, self.backbones if b is None else b)
+
+    def log_predict(self, x: jax.Array, batch_size: int | None = None) -> jax.Array:
+        """``log`` of the BMA predictive (no temperature), shape ``(N, classes)``."""
+        fn = self.__dict__.get("_bma")
+        if fn is None:
+            fn = jax.jit(self._bma_probs)
+            object.__setattr__(self, "_bma", fn)
+        x = jnp.asarray(x)
+        if batch_size is None or batch_size >= x.shape[0]:
+            probs = fn(x)
+        else:
+            probs = jnp.concatenate(
+                [fn(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+            )
+        return jnp.log(probs + 1e-12)
+
+    def _bma_probs(self, xs: jax.Array) -> jax.Array:
+        def one(w, b, s):
+            params = self.split.merge(w, b)
+            logits = (
+                self.apply_fn(params, xs) if self.eval_fn is None else self.eval_fn(params, s, xs)
+            )
+            return jax.nn.softmax(logits)
+
+        b_axis = 0 if self.per_sample_backbone else None
+        s_axis = None if self.stats is None else 0
+        return jax.vmap(one, in_axes=(0, b_axis, s_axis))(
+            self.samples, self.backbones, self.stats
+        ).mean(0)
+
+    def predict(
+        self, x: jax.Array, *, temperature_scaled: bool = True, batch_size: int | None = None
+    ) -> jax.Array:
+        """BMA predictive probabilities, shape ``(N, classes)``.
+
+        With ``temperature_scaled`` (default) and a fitted :attr:`temperature`, the
+        predictive is ``softmax(log p / T)``; without a fitted one it is the raw BMA.
+        ``batch_size`` bounds the rows evaluated at once.
+        """
+        logp = self.log_predict(x, batch_size)
+        if temperature_scaled and self.temperature is not None:
+            return metrics_lib.apply_temperature(logp, self.temperature)
+        return jnp.exp(logp)
+
+    def with_temperature(self, x_val: jax.Array, y_val: jax.Array) -> TransferResult:
+        """A copy with the temperature fitted on held-out ``(x_val, y_val)`` (NLL)."""
+        t = metrics_lib.fit_temperature(self.log_predict(x_val), jnp.asarray(y_val))
+        out = dataclasses.replace(self, temperature=float(t))
+        if "_bma" in self.__dict__:
+            object.__setattr__(out, "_bma", self.__dict__["_bma"])
+        return out
+
+    def evaluate(self, x: jax.Array, y: jax.Array, batch_size: int | None = None) -> dict:
+        """:func:`flatjax.metrics.summarize` of the BMA on ``(x, y)``.
+
+        ``{"raw": metrics}``, plus ``"temperature_scaled"`` when a temperature is fitted.
+        """
+        logp, y = self.log_predict(x, batch_size), jnp.asarray(y)
+        out = {"raw": metrics_lib.summarize(jnp.exp(logp), y)}
+        if self.temperature is not None:
+            probs = metrics_lib.apply_temperature(logp, self.temperature)
+            out["temperature_scaled"] = metrics_lib.summarize(probs, y)
+        return out
+
+    def train_loss(self, w: dict, frozen: dict | None = None) -> jax.Array:
+        """Mean cross-entropy on the few-shot training set at trainable leaves ``w``."""
+        x, y = self.train_data
+        params = self.split.merge(w, self.frozen_mean if frozen is None else frozen)
+        logits = self.apply_fn(params, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def flatness(
+        self, k: int | None = None, rng_key: jax.Array | None = None, per_block: bool = False
+    ) -> dict:
+        """The SA-BMA flatness measure over the trainable block.
+
+        The top-``k`` Hessian eigenvalues of the few-shot training loss (mean
+        cross-entropy) with respect to the trainable leaves, at each BMA sample, the
+        frozen leaves at :attr:`frozen_mean` (Lanczos on Hessian-vector products,
+        :func:`flatjax.flatness.batched_top_eigenvalues`). ``k`` defaults to
+        ``config.num_eigenvalues`` (at most the head's size, as the pipeline reports).
+
+        Returns ``{"eigenvalues": (S, k) array, "lambda_1_mean", "lambda_1_sd",
+        "lambda_1_over_lambda_k", "num_eigenvalues"}``; with ``per_block`` also
+        ``"blocks"``: the same mean and sd of lambda_1 for each top-level module's
+        trainable leaves alone (the Hessian's diagonal block of that module).
+        """
+        size = sum(x[0].size for x in jax.tree.leaves(self.samples))
+        head_size = sum(x[0].size for p, x in self.samples.items() if p.split("/")[0] in self.heads)
+        k = min(self.config.num_eigenvalues if k is None else k, head_size or size, size)
+        key = jax.random.key(self.config.seed + 5) if rng_key is None else rng_key
+        eig = flatness.batched_top_eigenvalues(self.train_loss, self.samples, k=k, rng_key=key)
+        out = {
+            "eigenvalues": eig,
+            "lambda_1_mean": float(jnp.mean(eig[:, 0])),
+            "lambda_1_sd": float(jnp.std(eig[:, 0])),
+            "lambda_1_over_lambda_k": float(jnp.mean(flatness.eigenvalue_ratio(eig))),
+            "num_eigenvalues": int(k),
+        }
+        if per_block:
+            out["blocks"] = {}
+            for block in sorted({p.split("/")[0] for p in self.samples}):
+                inside = {p: x for p, x in self.samples.items() if p.split("/")[0] == block}
+                rest = {p: x for p, x in self.samples.items() if p.split("/")[0] != block}
+
+                def block_loss(w, rest_w):
+                    return self.train_loss({**w, **rest_w})
+
+                def one(args, block_loss=block_loss):
+                    w, rest_w, kk = args
+                    return flatness.top_eigenvalues(
+                        lambda v: block_loss(v, rest_w), w, 1, rng_key=kk
+                    )[0]
+
+                keys = jax.random.split(
+                    jax.random.fold_in(key, len(out["blocks"])), self.num_samples
+                )
+                lam = jax.lax.map(one, (inside, rest, keys))
+                out["blocks"][block] = {
+                    "lambda_1_mean": float(jnp.mean(lam)),
+                    "lambda_1_sd": float(jnp.std(lam)),
+                    "num_params": int(sum(x[0].size for x in inside.values())),
+                }
+        return out
+
+    def loss_landscape(
+        self, rng_key: jax.Array | None = None, radii: jax.Array | None = None, num: int = 5
+    ) -> dict:
+        """The training loss around the BMA mean of the trainable leaves.
+
+        Along ``num`` random directions scaled leaf by leaf to the leaf's norm (radius
+        1 = a step as long as each leaf); ``{"radii": [...], "loss": [[...], ...]}``.
+        """
+        key = jax.random.key(self.config.seed + 6) if rng_key is None else rng_key
+        radii = jnp.linspace(-1.0, 1.0, 21) if radii is None else jnp.asarray(radii)
+        center = jax.tree.map(lambda a: jnp.mean(a, axis=0), self.samples)
+        loss = flatness.random_direction_loss(
+            jax.jit(self.train_loss), center, key, radii, normalize="layer", num_directions=num
+        )
+        return {
+            "radii": [float(r) for r in radii],
+            "loss": [[float(v) for v in row] for row in loss],
+        }
+
+
+def transfer_result(
+    config: TransferConfig,
+    fit: FineTuned,
+    split: SplitParams,
+    apply_fn: Callable,
+    train_data: tuple[jax.Array, jax.Array],
+    frozen_mean: dict,
+    eval_fn: Callable | None = None,
+    stats_fn: Callable | None = None,
+    heads: tuple[str, ...] = ("head",),
+) -> TransferResult:
+    """Pair each BMA sample of ``fit`` with its frozen leaves (and BatchNorm statistics).
+
+    ``stats_fn(params)`` (optional) gives the normalisation statistics of one full
+    parameter sample, recomputed on the training inputs; ``eval_fn(params, stats, x)``
+    then predicts with them.
+    """
+    num = jax.tree.leaves(fit.samples)[0].shape[0]
+    if fit.per_sample_backbone:
+        keys = jax.random.split(jax.random.key(config.seed + 4), num)
+        backbones = jax.vmap(fit.backbone_fn)(keys)
+    else:
+        backbones = fit.backbone_fn(jax.random.key(config.seed + 4))
+    stats = None
+    if stats_fn is not None and fit.per_sample_backbone:
+        stats = jax.lax.map(lambda wb: stats_fn(split.merge(*wb)), (fit.samples, backbones))
+    elif stats_fn is not None:
+        stats = jax.lax.map(lambda w: stats_fn(split.merge(w, backbones)), fit.samples)
+    return TransferResult(
+        method=config.method,
+        config=config,
+        samples=fit.samples,
+        backbones=backbones,
+        per_sample_backbone=fit.per_sample_backbone,
+        split=split,
+        apply_fn=apply_fn,
+        train_data=tuple(jnp.asarray(a) for a in train_data),
+        frozen_mean=frozen_mean,
+        q=fit.q,
+        eval_fn=eval_fn,
+        stats=stats,
+        heads=tuple(heads),
+    )
 
 
 def run_transfer(
@@ -396,12 +714,7 @@ def run_transfer(
     """
     config.validate()
     num_train = config.shots * int(target.num_classes)
-    if config.method == "emcmc" and not config.lr / num_train < config.eta:
-        # the coupled Langevin step lr/n must stay below eta (else the joint is unstable)
-        raise ValueError(
-            f"`eta`={config.eta!r} must exceed the step lr/n = {config.lr!r}/{num_train} = "
-            f"{config.lr / num_train:.3g} (n = shots x target classes) for method='emcmc'"
-        )
+    check_eta(config, num_train)
     extra_test = dict(extra_test or {})
     for name, pair in extra_test.items():
         if not (isinstance(pair, tuple) and len(pair) == 2 and len(pair[0]) == len(pair[1])):
@@ -413,12 +726,7 @@ def run_transfer(
     source_q = swag.to_lowrank_gaussian(source_swag, min_variance=config.min_variance)
     pretrain_seconds = time.perf_counter() - start
 
-    # few-shot train and validation sets drawn from the target's training split
-    x_pool, y_pool = np.asarray(target.x_train), np.asarray(target.y_train)
-    x_tr, y_tr = few_shot(x_pool, y_pool, config.shots, seed=config.seed)
-    rest = ~np.isin(np.arange(len(x_pool)), _rows(x_pool, x_tr))
-    x_val, y_val = few_shot(x_pool[rest], y_pool[rest], config.val_shots, seed=config.seed + 1)
-
+    x_tr, y_tr, x_val, y_val = few_shot_split(target, config.shots, config.val_shots, config.seed)
     model = _model(config, target.num_classes)
     apply_fn = glue.linen_apply(model)
     target_params = model.init(jax.random.key(config.seed + 3), jnp.asarray(x_tr[:1]))["params"]
@@ -433,83 +741,74 @@ def run_transfer(
     head = {p: x for p, x in split.split(target_params)[0].items() if p.startswith("head/")}
 
     start = time.perf_counter()
-    trainable, backbone_fn = finetune(
-        config, (jnp.asarray(x_tr), jnp.asarray(y_tr)), split, source_q, head, apply_fn
-    )
-    num = jax.tree.leaves(trainable)[0].shape[0]
-    backbone_keys = jax.random.split(jax.random.key(config.seed + 4), num)
-    backbones = jax.vmap(backbone_fn)(backbone_keys)
-
-    def bma_probs(xs):
-        def one(w, b):
-            return jax.nn.softmax(apply_fn(split.merge(w, b), xs))
-
-        return jax.vmap(one)(trainable, backbones).mean(0)
-
-    bma_probs = jax.jit(bma_probs)
-    finetune_seconds = time.perf_counter() - start
-    p_test, p_val = bma_probs(jnp.asarray(target.x_test)), bma_probs(jnp.asarray(x_val))
-    t_fit = metrics_lib.fit_temperature(jnp.log(p_val + 1e-12), jnp.asarray(y_val))
-    p_scaled = metrics_lib.apply_temperature(jnp.log(p_test + 1e-12), t_fit)
-    y_test = jnp.asarray(target.y_test)
-
-    extra = {}
-    for name, (x_extra, y_extra) in extra_test.items():
-        logp = jnp.log(bma_probs(jnp.asarray(x_extra)) + 1e-12)
-        y_extra = jnp.asarray(y_extra)
-        extra[name] = {
-            "raw": metrics_lib.summarize(jnp.exp(logp), y_extra),
-            "temperature_scaled": metrics_lib.summarize(
-                metrics_lib.apply_temperature(logp, t_fit), y_extra
-            ),
-        }
-
+    train = (jnp.asarray(x_tr), jnp.asarray(y_tr))
+    init_key, run_key = _finetune_keys(config.seed)
     _, backbone_mean = split.split(source_q.mean)
-    xt, yt = jnp.asarray(x_tr), jnp.asarray(y_tr)
-
-    def train_loss(w):
-        logits = apply_fn(split.merge(w, backbone_mean), xt)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, yt).mean()
-
-    k_eig = min(config.num_eigenvalues, sum(x.size for x in jax.tree.leaves(head)))
-    eig = flatness.batched_top_eigenvalues(
-        train_loss, trainable, k=k_eig, rng_key=jax.random.key(config.seed + 5)
-    )
-    # the loss around the BMA mean of the trainable leaves, along random directions
-    # scaled leaf by leaf to the leaf's norm (radius 1 = a step as long as each leaf)
-    center = jax.tree.map(lambda a: jnp.mean(a, axis=0), trainable)
-    radii = jnp.linspace(-1.0, 1.0, 21)
-    landscape = flatness.random_direction_loss(
-        jax.jit(train_loss),
-        center,
-        jax.random.key(config.seed + 6),
-        radii,
-        normalize="layer",
-        num_directions=5,
-    )
+    backbone_q = lrg.LowRankGaussian(*(split.split(part)[1] for part in source_q))
+    q0 = initial_posterior(config, split, source_q, head, init_key)
+    fit = finetune_posterior(config, train, apply_fn, split, q0, backbone_mean, backbone_q, run_key)
+    result = transfer_result(config, fit, split, apply_fn, train, backbone_mean)
+    result.log_predict(train[0][:1])  # compile (timed with the fine-tuning, as before)
+    finetune_seconds = time.perf_counter() - start
     return {
         "config": dataclasses.asdict(config),
         "source": getattr(source, "name", "source"),
         "target": getattr(target, "name", "target"),
+        **report(result, (x_val, y_val), (target.x_test, target.y_test), extra_test),
         "num_train": int(len(x_tr)),
-        "num_val": int(len(x_val)),
-        "num_test": int(len(y_test)),
-        "num_bma_samples": int(num),
-        "test": metrics_lib.summarize(p_test, y_test),
-        "test_temperature_scaled": metrics_lib.summarize(p_scaled, y_test),
-        "temperature": float(t_fit),
-        "extra_test": extra,
-        "lambda_1_mean": float(jnp.mean(eig[:, 0])),
-        "lambda_1_sd": float(jnp.std(eig[:, 0])),
-        "lambda_1_over_lambda_k": float(jnp.mean(flatness.eigenvalue_ratio(eig))),
-        "num_eigenvalues": int(k_eig),
-        "random_direction_loss": {
-            "radii": [float(r) for r in radii],
-            "loss": [[float(v) for v in row] for row in landscape],
-        },
         "pretrain_seconds": pretrain_seconds,
         "finetune_seconds": finetune_seconds,
     }
+
+
+def check_eta(config: TransferConfig, num_train: int) -> None:
+    """Entropy-MCMC's coupling must exceed the few-shot Langevin step ``lr / n``."""
+    if config.method == "emcmc" and not config.lr / num_train < config.eta:
+        # the coupled Langevin step lr/n must stay below eta (else the joint is unstable)
+        raise ValueError(
+            f"`eta`={config.eta!r} must exceed the step lr/n = {config.lr!r}/{num_train} = "
+            f"{config.lr / num_train:.3g} (n = shots x target classes) for method='emcmc'"
+        )
+
+
+def few_shot_split(target: Any, shots: int, val_shots: int, seed: int) -> tuple:
+    """``(x_train, y_train, x_val, y_val)``: disjoint few-shot sets from ``target.x_train``."""
+    x_pool, y_pool = np.asarray(target.x_train), np.asarray(target.y_train)
+    x_tr, y_tr = few_shot(x_pool, y_pool, shots, seed=seed)
+    rest = ~np.isin(np.arange(len(x_pool)), _rows(x_pool, x_tr))
+    x_val, y_val = few_shot(x_pool[rest], y_pool[rest], val_shots, seed=seed + 1)
+    return x_tr, y_tr, x_val, y_val
+
+
+def report(
+    result: TransferResult,
+    validation: tuple[Any, Any] | None,
+    test: tuple[Any, Any],
+    extra_test: dict[str, tuple[Any, Any]] | None = None,
+) -> dict:
+    """The pipeline's report of a :class:`TransferResult`.
+
+    Fits the temperature on ``validation`` (when given), scores ``test`` and every
+    ``extra_test`` set, and adds the flatness measure and the random-direction loss.
+    """
+    if validation is not None:
+        result = result.with_temperature(*validation)
+    x_test, y_test = test
+    scored = result.evaluate(x_test, y_test)
+    extra = {name: result.evaluate(*pair) for name, pair in (extra_test or {}).items()}
+    flat = result.flatness()
+    out = {
+        "num_val": 0 if validation is None else int(len(validation[1])),
+        "num_test": int(len(y_test)),
+        "num_bma_samples": result.num_samples,
+        "test": scored["raw"],
+        "test_temperature_scaled": scored.get("temperature_scaled", scored["raw"]),
+        "temperature": 1.0 if result.temperature is None else result.temperature,
+        "extra_test": extra,
+        **{k: v for k, v in flat.items() if k != "eigenvalues"},
+        "random_direction_loss": result.loss_landscape(),
+    }
+    return out
 
 
 def _rows(pool: np.ndarray, chosen: np.ndarray) -> np.ndarray:
@@ -530,3 +829,20 @@ def _with_head(q: lrg.LowRankGaussian, target_params: Any, k: int) -> lrg.LowRan
         return out
 
     return lrg.LowRankGaussian(swap(q.mean), swap(q.log_scale), swap(q.deviations, (k,)))
+
+
+_PRETRAINED = ("finetune_pretrained", "load_params", "save_params")
+
+
+def __getattr__(name: str) -> Any:
+    # the pretrained-model entry points live in flatjax.transfer_pretrained (which
+    # builds on this module): imported on first use, so both import orders work
+    if name in _PRETRAINED:
+        from flatjax import transfer_pretrained
+
+        return getattr(transfer_pretrained, name)
+    raise AttributeError(f"module 'flatjax.transfer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PRETRAINED))

@@ -576,26 +576,61 @@ class TransferResult:
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def flatness(
-        self, k: int | None = None, rng_key: jax.Array | None = None, per_block: bool = False
+        self,
+        k: int | None = None,
+        rng_key: jax.Array | None = None,
+        per_block: bool = False,
+        backbone: str = "paired",
     ) -> dict:
         """The SA-BMA flatness measure over the trainable block.
 
         The top-``k`` Hessian eigenvalues of the few-shot training loss (mean
-        cross-entropy) with respect to the trainable leaves, at each BMA sample, the
-        frozen leaves at :attr:`frozen_mean` (Lanczos on Hessian-vector products,
-        :func:`flatjax.flatness.batched_top_eigenvalues`). ``k`` defaults to
-        ``config.num_eigenvalues`` (at most the head's size, as the pipeline reports).
+        cross-entropy) with respect to the trainable leaves, at each BMA sample
+        (Lanczos on Hessian-vector products, :func:`flatjax.flatness.top_eigenvalues`).
+        ``k`` defaults to ``config.num_eigenvalues`` (at most the head's size).
+
+        ``backbone="paired"`` (default) takes each sample's Hessian with its own
+        frozen leaves (a sample is a whole network: its trainable leaves and, where
+        the frozen part is drawn from a source posterior, its draw);
+        ``backbone="mean"`` holds the frozen leaves at :attr:`frozen_mean` for every
+        sample (what the pipeline reported before; the same where nothing is drawn).
 
         Returns ``{"eigenvalues": (S, k) array, "lambda_1_mean", "lambda_1_sd",
         "lambda_1_over_lambda_k", "num_eigenvalues"}``; with ``per_block`` also
-        ``"blocks"``: the same mean and sd of lambda_1 for each top-level module's
-        trainable leaves alone (the Hessian's diagonal block of that module).
+        ``"blocks"``: ``{module: {"lambda_1_mean", "lambda_1_sd", "num_params"}}``,
+        lambda_1 of each top-level module's trainable leaves alone (the Hessian's
+        diagonal block of that module, the other leaves at the sample).
         """
+        if backbone not in ("paired", "mean"):
+            raise ValueError(f"`backbone` must be 'paired' or 'mean', got {backbone!r}")
         size = sum(x[0].size for x in jax.tree.leaves(self.samples))
         head_size = sum(x[0].size for p, x in self.samples.items() if p.split("/")[0] in self.heads)
         k = min(self.config.num_eigenvalues if k is None else k, head_size or size, size)
         key = jax.random.key(self.config.seed + 5) if rng_key is None else rng_key
-        eig = flatness.batched_top_eigenvalues(self.train_loss, self.samples, k=k, rng_key=key)
+        paired = backbone == "paired" and self.per_sample_backbone
+        frozen = (
+            self.backbones
+            if paired
+            else jax.tree.map(
+                lambda a: jnp.broadcast_to(a, (self.num_samples, *a.shape)), self.frozen_mean
+            )
+        )
+
+        def eigs(block: str | None, num: int, block_key: jax.Array) -> jax.Array:
+            def one(args):
+                w, b, kk = args
+                if block is None:
+                    return flatness.top_eigenvalues(
+                        lambda v: self.train_loss(v, b), w, num, rng_key=kk
+                    )
+                inside = {p: x for p, x in w.items() if p.split("/")[0] == block}
+                loss = lambda v: self.train_loss({**w, **v}, b)  # noqa: E731
+                return flatness.top_eigenvalues(loss, inside, num, rng_key=kk)
+
+            keys = jax.random.split(block_key, self.num_samples)
+            return jax.lax.map(one, (self.samples, frozen, keys))
+
+        eig = eigs(None, k, key)
         out = {
             "eigenvalues": eig,
             "lambda_1_mean": float(jnp.mean(eig[:, 0])),
@@ -605,27 +640,14 @@ class TransferResult:
         }
         if per_block:
             out["blocks"] = {}
-            for block in sorted({p.split("/")[0] for p in self.samples}):
-                inside = {p: x for p, x in self.samples.items() if p.split("/")[0] == block}
-                rest = {p: x for p, x in self.samples.items() if p.split("/")[0] != block}
-
-                def block_loss(w, rest_w):
-                    return self.train_loss({**w, **rest_w})
-
-                def one(args, block_loss=block_loss):
-                    w, rest_w, kk = args
-                    return flatness.top_eigenvalues(
-                        lambda v: block_loss(v, rest_w), w, 1, rng_key=kk
-                    )[0]
-
-                keys = jax.random.split(
-                    jax.random.fold_in(key, len(out["blocks"])), self.num_samples
-                )
-                lam = jax.lax.map(one, (inside, rest, keys))
+            for i, block in enumerate(sorted({p.split("/")[0] for p in self.samples})):
+                lam = eigs(block, 1, jax.random.fold_in(key, i + 1))[:, 0]
                 out["blocks"][block] = {
                     "lambda_1_mean": float(jnp.mean(lam)),
                     "lambda_1_sd": float(jnp.std(lam)),
-                    "num_params": int(sum(x[0].size for x in inside.values())),
+                    "num_params": int(
+                        sum(x[0].size for p, x in self.samples.items() if p.split("/")[0] == block)
+                    ),
                 }
         return out
 
@@ -785,18 +807,23 @@ def report(
     validation: tuple[Any, Any] | None,
     test: tuple[Any, Any],
     extra_test: dict[str, tuple[Any, Any]] | None = None,
+    per_block: bool = False,
 ) -> dict:
     """The pipeline's report of a :class:`TransferResult`.
 
     Fits the temperature on ``validation`` (when given), scores ``test`` and every
-    ``extra_test`` set, and adds the flatness measure and the random-direction loss.
+    ``extra_test`` set, and adds the flatness measure (:meth:`TransferResult.flatness`;
+    with ``per_block``, lambda_1 per top-level module under ``"lambda_1_blocks"``) and
+    the random-direction loss.
     """
     if validation is not None:
         result = result.with_temperature(*validation)
     x_test, y_test = test
     scored = result.evaluate(x_test, y_test)
     extra = {name: result.evaluate(*pair) for name, pair in (extra_test or {}).items()}
-    flat = result.flatness()
+    flat = result.flatness(per_block=per_block)
+    if per_block:
+        flat["lambda_1_blocks"] = flat.pop("blocks")
     out = {
         "num_val": 0 if validation is None else int(len(validation[1])),
         "num_test": int(len(y_test)),

@@ -334,3 +334,31 @@ def test_identical_to_the_pipeline_where_both_apply():
         assert metrics["temperature_scaled"][key] == report["test_temperature_scaled"][key]
     assert result.temperature == report["temperature"]
     assert result.flatness()["lambda_1_mean"] == report["lambda_1_mean"]
+
+
+def test_flatness_per_block_and_at_each_samples_own_backbone(data):
+    x, y = data
+    params = _init(NormNet(3), x)
+    iterates = jax.tree.map(
+        lambda a: a[None] + 0.05 * jax.random.normal(jax.random.key(2), (3, *a.shape)), params
+    )
+    result = finetune_pretrained(
+        NormNet(3),
+        params,
+        (x, y),
+        source_posterior=swag.collect_swag(iterates, max_rank=2),
+        **{**FAST, "method": "swag", "epochs": 4},
+    )
+    assert result.per_sample_backbone
+    paired = result.flatness(k=1, per_block=True)
+    at_mean = result.flatness(k=1, backbone="mean")
+    assert paired["eigenvalues"].shape == (2, 1)
+    assert paired["lambda_1_mean"] != at_mean["lambda_1_mean"]
+    blocks = paired["blocks"]
+    assert set(blocks) == {"head", "norm"}
+    assert blocks["head"]["num_params"] == 8 * 3 + 3 and blocks["norm"]["num_params"] == 16
+    # a diagonal block's top eigenvalue is at most the whole block's
+    for block in blocks.values():
+        assert 0 < block["lambda_1_mean"] <= paired["lambda_1_mean"] * 1.01
+    with pytest.raises(ValueError, match="`backbone` must be 'paired' or 'mean'"):
+        result.flatness(backbone="draw")

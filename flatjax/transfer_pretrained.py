@@ -595,7 +595,8 @@ def load_params(
         A checkpoint of a whole variables dict or train state is read from its
         ``"params"`` entry when ``like`` has none. ``None``: the raw nested dict.
     head
-        Top-level name(s) whose leaves may have other shapes than ``like``'s (a
+        Top-level name(s) (of ``like`` or of its ``"params"``) whose leaves may have
+        other shapes than ``like``'s (a
         head trained for another number of classes, re-initialised by
         :func:`finetune_pretrained`); they keep the checkpoint's shapes.
 
@@ -650,7 +651,7 @@ def load_params(
     shapes = [
         f"{p}: {tuple(np.shape(got[p]))} in the checkpoint vs {tuple(np.shape(want[p]))}"
         for p in sorted(set(want) & set(got))
-        if p.split("/")[0] not in heads and np.shape(got[p]) != np.shape(want[p])
+        if not _under_head(p, heads) and np.shape(got[p]) != np.shape(want[p])
     ]
     if missing or unexpected or shapes:
         parts = []
@@ -681,6 +682,12 @@ def load_params(
         nnx.replace_by_pure_dict(out, restored)
         return out
     return restored
+
+
+def _under_head(path: str, heads: tuple[str, ...]) -> bool:
+    """Whether ``path`` is in a head module, at the top level or under ``params/``."""
+    parts = path.split("/")
+    return parts[0] in heads or (len(parts) > 1 and parts[0] == "params" and parts[1] in heads)
 
 
 def _unfreeze(tree: Any) -> Any:

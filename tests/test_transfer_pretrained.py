@@ -262,6 +262,9 @@ def test_load_params_round_trip(suffix, tmp_path, data):
         load_params(path, like=target_like)
     loaded = load_params(path, like=target_like, head="head")
     assert loaded["head"]["kernel"].shape == (8, 5)
+    # a variables template (as a BatchNorm model's init gives): head names under "params"
+    loaded = load_params(path, like={"params": target_like}, head="head")
+    assert loaded["params"]["head"]["kernel"].shape == (8, 5)
 
 
 def test_load_params_mismatch_and_nnx(tmp_path, data):

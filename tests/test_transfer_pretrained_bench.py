@@ -1,0 +1,53 @@
+"""``benchmarks/transfer_pretrained.py``: quick run, cache, resumable records, report."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import transfer_pretrained as tp  # noqa: E402
+
+
+def test_paired_differences_and_the_every_seed_verdict():
+    by_seed = {
+        "sabma": {0: {"nll": 0.5}, 1: {"nll": 0.6}},
+        "sgd": {0: {"nll": 0.7}, 1: {"nll": 0.65}},
+        "sam": {0: {"nll": 0.4}, 1: {"nll": 0.9}},
+    }
+    d = tp.paired(by_seed, "sabma", "sgd", "nll")
+    assert d["all_negative"] and d["per_seed"] == pytest.approx({0: -0.2, 1: -0.05})
+    assert not tp.paired(by_seed, "sabma", "sam", "nll")["all_negative"]
+    assert not tp.paired(by_seed, "sabma", "swag", "nll")["all_negative"]  # no common seed
+
+
+@pytest.mark.slow  # ~1 min alone, several on a loaded 2-core machine (JIT compiles)
+def test_quick_run_is_cached_resumable_and_reported(tmp_path, capsys):
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    argv = ["--quick", "--results", str(results), "--cache", str(cache)]
+    tp.main(argv)
+    checkpoints = sorted(p.name for p in cache.iterdir())
+    assert any(n.endswith(".msgpack") for n in checkpoints), checkpoints
+    records = tp.read_records(results / "transfer_pretrained_quick.jsonl")
+    assert [(r["grid"], r["method"], r["seed"]) for r in records] == [
+        ("cnn", "sabma", 0),
+        ("cnn", "sgd", 0),
+    ]
+    for r in records:
+        assert not r["diverged"] and 0.0 <= r["accuracy"] <= 1.0 and r["nll"] > 0
+        assert r["lambda_1"] > 0 and set(r["lambda_1_blocks"]) == {"head"}
+        assert {"nll_sev3", "nll_sev5", "accuracy_sev5", "ts_nll"} <= set(r)
+        assert not r["pretrained"]["cached"]
+    tp.main(argv)  # the second call finds the runs done (and the checkpoint cached)
+    assert len(tp.read_records(results / "transfer_pretrained_quick.jsonl")) == 2
+    capsys.readouterr()
+    summary = json.loads((results / "transfer_pretrained_quick.json").read_text())
+    grid = summary["grids"]["cnn"]
+    assert set(grid["stats"]) == {"sabma", "sgd"}
+    assert set(grid["target_holds"]) == {"nll", "ts_nll", "nll_sev3", "nll_sev5"}
+    md = (results / "transfer_pretrained_quick.md").read_text()
+    assert "SA-BMA − SGD" in md and "every seed" in md and "head alone" in md
+    assert (results / "transfer_pretrained_quick.png").exists()

@@ -17,6 +17,7 @@ __all__ = [
     "check_noise",
     "langevin_noise",
     "normal_like",
+    "standard_normal",
     "rademacher_like",
     "check_positive",
     "check_nonnegative",
@@ -31,6 +32,77 @@ __all__ = [
 NOISE_KINDS = ("gaussian", "rademacher")
 
 
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_THREEFRY_PARITY = np.uint32(0x1BD11BDA)
+
+
+def _threefry_key_data(rng_key: PRNGKey) -> jax.Array | None:
+    """The key's two words if it is a threefry2x32 key (typed or raw), else ``None``."""
+    if jnp.issubdtype(jnp.result_type(rng_key), jax.dtypes.prng_key):
+        if str(jax.random.key_impl(rng_key)) != "threefry2x32" or jnp.shape(rng_key) != ():
+            return None
+        return jax.random.key_data(rng_key)
+    if jax.config.jax_default_prng_impl != "threefry2x32" or jnp.shape(rng_key) != (2,):
+        return None
+    return jnp.asarray(rng_key, jnp.uint32)
+
+
+def _threefry_bits_unrolled(key_data: jax.Array, n: int) -> jax.Array:
+    """``jax.random.bits(key, (n,), uint32)`` as element-wise jnp (20 rounds unrolled).
+
+    The same hash and counters as JAX's threefry2x32 under
+    ``jax_threefry_partitionable`` (counters ``(0, i)``, the two output words XORed), so
+    the result is bit for bit JAX's. JAX lowers threefry on CPU as a *rolled* loop that
+    XLA cannot fuse; written out, hash and transform become one loop-free fusion, about
+    2x faster alone and 3-4x under ``vmap`` (``benchmarks/results/noise_paths.md``).
+    The counter count is padded to a multiple of 64 (XLA:CPU runs odd lengths ~9x
+    slower) and the extra numbers are sliced off.
+    """
+    padded = -(-n // 64) * 64
+    k0, k1 = key_data[0], key_data[1]
+    ks = (k0, k1, k0 ^ k1 ^ _THREEFRY_PARITY)
+    x0 = jnp.zeros((padded,), jnp.uint32) + ks[0]
+    x1 = jax.lax.iota(jnp.uint32, padded) + ks[1]
+    for i in range(5):
+        for r in _THREEFRY_ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return (x0 ^ x1)[:n]
+
+
+def _bits_to_normal(bits: jax.Array) -> jax.Array:
+    """``jax.random.normal``'s float32 transform: 23 bits -> u in (-1, 1) -> sqrt(2) erfinv(u)."""
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0), dtype=np.float32)
+    one = np.array(1.0, np.float32).view(np.uint32)
+    floats = jax.lax.bitcast_convert_type((bits >> np.uint32(9)) | one, jnp.float32) - 1
+    u = jax.lax.max(lo, floats * (np.float32(1.0) - lo) + lo)
+    return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
+
+
+def standard_normal(rng_key: PRNGKey, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """``jax.random.normal(rng_key, shape, dtype)``, bit for bit, by the fastest exact path.
+
+    On CPU, for a threefry2x32 key, float32 and JAX's default partitionable threefry,
+    the bits come from :func:`_threefry_bits_unrolled` (the identical numbers, 2x
+    faster); everywhere else (GPU/TPU, where JAX already unrolls threefry, other key
+    implementations or dtypes) it is ``jax.random.normal`` itself.
+    """
+    size = math.prod(shape)
+    data = _threefry_key_data(rng_key)
+    if (
+        data is None
+        or jnp.dtype(dtype) != jnp.float32
+        or not jax.config.jax_threefry_partitionable
+        or jax.default_backend() != "cpu"
+        or size == 0
+        or size >= 2**32
+    ):
+        return jax.random.normal(rng_key, shape, dtype=dtype)
+    return _bits_to_normal(_threefry_bits_unrolled(data, size)).reshape(shape)
+
+
 def normal_like(rng_key: PRNGKey, tree: ArrayLikeTree, group_below: int = 1 << 14) -> ArrayTree:
     """Standard normal noise shaped like ``tree``, in each leaf's dtype.
 
@@ -40,6 +112,8 @@ def normal_like(rng_key: PRNGKey, tree: ArrayLikeTree, group_below: int = 1 << 1
     MLP step). Smaller leaves (biases, normalisation scales, tiny models) are drawn
     together, one draw per dtype: on CPU each threefry draw is a loop of its own, so
     many small draws cost more than one (``benchmarks/results/step_overhead.md``).
+    Each draw is :func:`standard_normal`: exactly ``jax.random.normal``'s numbers, on
+    CPU from an unrolled threefry (2x faster; ``benchmarks/results/noise_paths.md``).
     """
     leaves, treedef = jax.tree.flatten(tree)
     shapes = [jnp.shape(x) for x in leaves]
@@ -52,10 +126,10 @@ def normal_like(rng_key: PRNGKey, tree: ArrayLikeTree, group_below: int = 1 << 1
     keys = jax.random.split(rng_key, len(big) + len(groups))
     noise: list = [None] * len(leaves)
     for key, i in zip(keys[: len(big)], big, strict=True):
-        noise[i] = jax.random.normal(key, shapes[i], dtype=dtypes[i])
+        noise[i] = standard_normal(key, shapes[i], dtype=dtypes[i])
     for key, (dtype, members) in zip(keys[len(big) :], groups.items(), strict=True):
         sizes = [math.prod(shapes[i]) for i in members]
-        flat = jax.random.normal(key, (sum(sizes),), dtype=dtype)
+        flat = standard_normal(key, (sum(sizes),), dtype=dtype)
         offset = 0
         for i, size in zip(members, sizes, strict=True):
             noise[i] = flat[offset : offset + size].reshape(shapes[i])

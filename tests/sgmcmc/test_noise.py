@@ -73,3 +73,30 @@ def test_flatjax_sgld_with_gaussian_noise_has_blackjax_sgld_moments():
     )
     var = float(jnp.var(x))
     assert abs(var - 2 * h * t) < 4 * 2 * h * t * math.sqrt(2 / n)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 100)])
+@pytest.mark.parametrize("raw_key", [False, True])
+def test_standard_normal_is_jax_random_normal_bit_for_bit(shape, raw_key):
+    """The unrolled threefry path (CPU) draws exactly jax.random.normal's numbers."""
+    from flatjax._util import standard_normal
+
+    key = jax.random.PRNGKey(3) if raw_key else jax.random.key(3)
+    np.testing.assert_array_equal(
+        jax.jit(lambda k: standard_normal(k, shape))(key), jax.random.normal(key, shape)
+    )
+    keys = jax.random.split(jax.random.key(4), 3)
+    np.testing.assert_array_equal(
+        jax.vmap(lambda k: standard_normal(k, shape))(keys),
+        jax.vmap(lambda k: jax.random.normal(k, shape))(keys),
+    )
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_standard_normal_other_dtypes_and_keys_fall_back_to_jax(dtype):
+    from flatjax._util import standard_normal
+
+    for key in (jax.random.key(5), jax.random.key(5, impl="rbg")):
+        np.testing.assert_array_equal(
+            standard_normal(key, (10,), dtype), jax.random.normal(key, (10,), dtype)
+        )

@@ -38,20 +38,19 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flatjax import methods
 from flatjax import metrics as metrics_lib
 from flatjax._util import NOISE_KINDS
 from flatjax.inference import bma as bma_lib
-from flatjax.inference import diagnostics, loop, optimizer
+from flatjax.inference import diagnostics, loop
 from flatjax.nn import glue
 from flatjax.nn.models import make_model
-from flatjax.optim import sam as sam_lib
-from flatjax.sgmcmc import emcmc, emcmc_sghmc, entropy_sgd, eta_rule, schedules, sghmc, sgld
+from flatjax.sgmcmc import emcmc, eta_rule, schedules
 from flatjax.vi import lowrank_gaussian as lrg
 from flatjax.vi import swag as swag_lib
 
@@ -70,22 +69,24 @@ __all__ = [
     "swag_schedule",
 ]
 
-#: method name -> (description, schedule shape)
+#: method name -> description: the :data:`flatjax.methods.METHODS` entry and how this
+#: pipeline runs it (schedule shape, collection)
 METHODS: dict[str, str] = {
-    "emcmc": "Entropy-MCMC, SGLD on the joint (cyclical step size; guide step ratio 10, "
-    "no weight decay on the guide)",
-    "emcmc-sghmc": "Entropy-MCMC, SGHMC on the joint (cyclical step size; as emcmc)",
-    "sgld": "blackjax.sgld, constant step size, samples from the second half",
-    "sghmc": "SGHMC with persistent momentum, constant step size, second half",
-    "csgld": "cyclical SGLD (Zhang et al. 2020), exploration then sampling per cycle",
-    "csghmc": "cyclical SGHMC (Zhang et al. 2020)",
-    "sgd": "SGD, momentum 0.9 (EMA form) and weight decay, cosine decay; one sample per chain",
-    "entropy-sgd": "Entropy-SGD (Chaudhari et al. 2017), cosine decay",
-    "entropy-sgld": "Entropy-SGLD (Dziugaite & Roy 2018), cyclical step size",
-    "sam": "SAM (Foret et al. 2021) radius rho on SGD's momentum, weight decay and cosine "
-    "decay; two gradients per step",
-    "swag": "SWAG (Maddox et al. 2019): SGD on the SWA schedule, one iterate per epoch over "
-    "the second half, rank-K Gaussian, swag_samples draws per chain",
+    name: methods.describe(name, note)
+    for name, note in {
+        "emcmc": "cyclical step size; guide step ratio 10, no weight decay on the guide",
+        "emcmc-sghmc": "cyclical step size; as emcmc",
+        "sgld": "constant step size, samples from the second half",
+        "sghmc": "constant step size, second half",
+        "csgld": "exploration then sampling per cycle",
+        "csghmc": "",
+        "sgd": "momentum 0.9 and weight decay, cosine decay; one sample per chain",
+        "entropy-sgd": "cosine decay",
+        "entropy-sgld": "cyclical step size",
+        "sam": "weight decay and cosine decay; two gradients per step",
+        "swag": "the SWA schedule, one iterate per epoch over the second half, rank-K "
+        "Gaussian, swag_samples draws per chain",
+    }.items()
 }
 #: model name -> keyword arguments of :func:`flatjax.nn.models.make_model` (the MLP's
 #: widths come from ``hidden``). ResNet-18 uses filter response normalisation, which is
@@ -324,54 +325,19 @@ def build_method(
         config.weight_decay if config.guide_weight_decay is None else config.guide_weight_decay
     )
 
-    if method == "emcmc":
-        kernel = emcmc.as_top_level_api(
-            grad_fn,
-            config.eta,
-            n * guide_wd,
-            guide_step_ratio=config.guide_step_ratio,
-            noise=config.noise,
-        )
-    elif method == "emcmc-sghmc":
-        kernel = emcmc_sghmc.as_top_level_api(
-            grad_fn,
-            config.eta,
-            alpha=friction,
-            guide_prior_precision=n * guide_wd,
-            guide_step_ratio=config.guide_step_ratio,
-            noise=config.noise,
-        )
-    elif method in ("sgld", "csgld"):
-        if config.noise == "gaussian":
-            kernel = blackjax.sgld(grad_fn)
-        else:
-            kernel = sgld.as_top_level_api(grad_fn, noise=config.noise)
-    elif method in ("sghmc", "csghmc"):
-        kernel = sghmc.as_top_level_api(grad_fn, alpha=friction, noise=config.noise)
-    elif method in ("sgd", "swag", "sam"):
-        # heavy-ball momentum in EMA form: the same effective learning rate as the samplers
-        if config.momentum:
-            direction = optax.chain(
-                optax.trace(decay=config.momentum), optax.scale(1.0 - config.momentum)
-            )
-        else:
-            direction = optax.identity()
-        if method == "sam":
-            kernel = sam_lib.as_top_level_api(grad_fn, config.rho, "sam", direction)
-        else:
-            kernel = optimizer.as_top_level_api(grad_fn, direction)
-    else:  # entropy-sgd / entropy-sgld: the local entropy of EMCMC's guide, gamma = 1/eta
-        build = (
-            entropy_sgd.as_entropy_sgld_api
-            if method == "entropy-sgld"
-            else entropy_sgd.as_top_level_api
-        )
-        kernel = build(
-            grad_fn,
-            gamma=1.0 / config.eta,
-            inner_step_size=base,
-            num_inner_steps=config.inner_steps,
-        )
+    settings = methods.MethodSettings(
+        momentum=config.momentum,
+        rho=config.rho,
+        eta=config.eta,
+        guide_prior_precision=n * guide_wd,
+        guide_step_ratio=config.guide_step_ratio,
+        noise=config.noise,
+        friction=friction,
+        inner_step_size=base,
+        inner_steps=config.inner_steps,
+        data_size=n,
+    )
+    kernel = methods.build_kernel(method, grad_fn, settings)
     return kernel, step_size, temperature, collect
 
 

@@ -16,26 +16,24 @@ parameters with the backbone at its mean.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from flatjax import flatness
+from flatjax import flatness, methods
 from flatjax import metrics as metrics_lib
 from flatjax.data import few_shot
-from flatjax.inference import loop, optimizer
+from flatjax.inference import loop
 from flatjax.nn import glue, masks
 from flatjax.nn.models import make_model
-from flatjax.optim import sam as sam_lib
-from flatjax.sgmcmc import emcmc
 from flatjax.vi import lowrank_gaussian as lrg
 from flatjax.vi import mfvi, sabma, swag
 
@@ -55,18 +53,27 @@ __all__ = [
     "run_transfer",
 ]
 
-TRANSFER_METHODS = {
-    "sabma": "SA-BMA: sharpness-aware low-rank Gaussian over norm layers + head",
-    "sgd": "SGD (momentum 0.9, EMA form) on norm layers + head",
-    "sam": "SAM",
-    "fsam": "Fisher SAM",
-    "bsam": "Bayesian SAM (Moellenhoff & Khan 2023)",
-    "swag": "SWAG collected along the SGD run",
-    "fswag": "F-SWAG: SWAG collected along a SAM run",
-    "mfvi": "MOPED mean-field VI",
-    "sgld": "blackjax SGLD",
-    "emcmc": "Entropy-MCMC (theta samples)",
+#: method name -> description: the :data:`flatjax.methods.METHODS` entry and how this
+#: pipeline runs it (every method trains the same block: norm layers + head)
+TRANSFER_METHODS: dict[str, str] = {
+    name: methods.describe(name, note)
+    for name, note in {
+        "sabma": "over norm layers + head",
+        "sgd": "momentum 0.9 on norm layers + head",
+        "sam": "",
+        "fsam": "",
+        "bsam": "",
+        "swag": "second half",
+        "fswag": "second half",
+        "mfvi": "",
+        "sgld": "samples from the second half",
+        "emcmc": "theta samples from the second half",
+    }.items()
 }
+
+
+#: heavy-ball momentum (EMA form) of the pretraining and of every fine-tuning method
+MOMENTUM = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,29 +218,44 @@ def _model(config: TransferConfig, num_classes: int):
     return make_model("mlp", num_classes, features=config.hidden, norm="layer")
 
 
-def pretrain(config: TransferConfig, source: Any) -> tuple[Any, swag.SWAGState]:
-    """SGD on the source set; SWAG over the last ``swag_epochs`` epochs (one per epoch)."""
-    model = _model(config, source.num_classes)
+def pretrain(
+    config: TransferConfig,
+    source: Any,
+    *,
+    model: Any = None,
+    progress: bool | None = None,
+) -> tuple[Any, swag.SWAGState]:
+    """SGD on the source set; SWAG over the last ``swag_epochs`` epochs (one per epoch).
+
+    Returns ``(params, source_swag)``: the SWAG mean (the average of the collected
+    iterates) and the SWAG moments. ``model``: a Flax Linen module without mutable
+    state (default: the pipeline's MLP, ``config.hidden`` widths with LayerNorm).
+    ``progress``: a progress bar on stderr (``None``: when stderr is a terminal,
+    outside CI).
+    """
+    model = _model(config, source.num_classes) if model is None else model
     apply_fn = glue.linen_apply(model)
     x, y = jnp.asarray(source.x_train), jnp.asarray(source.y_train)
     n = x.shape[0]
     grad_fn = glue.grad_estimator(
         glue.gaussian_logprior(n * config.weight_decay), glue.categorical_loglikelihood(apply_fn), n
     )
-    kernel = optimizer.as_top_level_api(grad_fn, optax.chain(optax.trace(0.9), optax.scale(0.1)))
+    kernel = methods.build_kernel("sgd", grad_fn, momentum=MOMENTUM)
     params = model.init(jax.random.key(config.seed), x[:1])["params"]
     state = jax.vmap(kernel.init)(jax.tree.map(lambda a: a[None], params))
-    result = loop.run(
-        kernel,
-        state,
-        (x, y),
-        jax.random.key(config.seed + 1),
-        num_epochs=config.source_epochs,
-        batch_size=min(64, n),
-        step_size=config.source_lr / n,
-        collect=loop.every(1, burn_in=config.source_epochs - config.swag_epochs),
-        progress=False,
-    )
+    with _epoch_bar(progress, config.source_epochs, "pretrain") as on_epoch_end:
+        result = loop.run(
+            kernel,
+            state,
+            (x, y),
+            jax.random.key(config.seed + 1),
+            num_epochs=config.source_epochs,
+            batch_size=min(64, n),
+            step_size=config.source_lr / n,
+            collect=loop.every(1, burn_in=config.source_epochs - config.swag_epochs),
+            progress=False,
+            on_epoch_end=on_epoch_end,
+        )
     iterates = jax.tree.map(lambda a: a[:, 0], result.samples["theta"])
     source_swag = swag.collect_swag(iterates, config.swag_rank)
     return source_swag.mean, source_swag
@@ -323,6 +345,23 @@ def finetune(
     return fit.samples, fit.backbone_fn
 
 
+@contextlib.contextmanager
+def _epoch_bar(progress: bool | None, total: int, desc: str):
+    """An ``on_epoch_end`` callback advancing a tqdm bar of ``total`` epochs (or ``None``).
+
+    The bar is shown where ``progress`` is true, or ``None`` and stderr is a terminal
+    outside CI (:func:`flatjax.inference.loop.run`'s rule); it closes on exit.
+    """
+    if not loop._progress_enabled(progress):
+        yield None
+        return
+    bar = loop._progress_bar(total, desc=desc)
+    try:
+        yield lambda epoch, traces: bar.update(1)
+    finally:
+        bar.close()
+
+
 def _finetune_keys(seed: int) -> tuple[jax.Array, jax.Array]:
     """``(init_key, run_key)`` of a fine-tuning run (the run key splits into run and BMA)."""
     init_key, run_key, bma_key = jax.random.split(jax.random.key(seed + 2), 3)
@@ -338,6 +377,8 @@ def finetune_posterior(
     frozen: dict,
     backbone_q: lrg.LowRankGaussian | None,
     rng_key: jax.Array,
+    *,
+    progress: bool | None = None,
 ) -> FineTuned:
     """Train ``config.method`` on the few-shot set: the one code path of every method.
 
@@ -363,6 +404,9 @@ def finetune_posterior(
         ``frozen``.
     rng_key
         Two keys stacked, ``(run, bma)`` (see ``_finetune_keys``), or one key.
+    progress
+        A progress bar over the epochs on stderr, named after the method (``None``:
+        when stderr is a terminal, outside CI).
     """
     x, y = target_train
     n = x.shape[0]
@@ -377,18 +421,23 @@ def finetune_posterior(
     loglik = glue.categorical_loglikelihood(lambda w, xb: apply_fn(split.merge(w, frozen), xb))
     prior_precision = n * config.weight_decay
     grad_fn = glue.grad_estimator(glue.gaussian_logprior(prior_precision), loglik, n)
-    run = lambda kernel, state, **kw: loop.run(
-        kernel,
-        jax.tree.map(lambda a: a[None], state),
-        (x, y),
-        run_key,
-        num_epochs=epochs,
-        batch_size=batch_size,
-        progress=False,
-        **kw,
-    )
+
+    def run(kernel, state, **kw):
+        with _epoch_bar(progress, epochs, method) as on_epoch_end:
+            return loop.run(
+                kernel,
+                jax.tree.map(lambda a: a[None], state),
+                (x, y),
+                run_key,
+                num_epochs=epochs,
+                batch_size=batch_size,
+                progress=False,
+                on_epoch_end=on_epoch_end,
+                **kw,
+            )
+
     second_half = loop.every(1, burn_in=epochs // 2)
-    momentum = optax.chain(optax.trace(0.9), optax.scale(0.1))
+    momentum = methods.momentum_direction(MOMENTUM)
     step = config.lr / n
 
     if method == "sabma":
@@ -421,30 +470,26 @@ def finetune_posterior(
         result = run(kernel, state0, step_size=step)
         state = jax.tree.map(lambda a: a[0], result.state)
         return FineTuned(mfvi.sample(bma_key, state, config.num_bma), backbone, draws, state)
-    if method in ("sgd", "swag"):
-        kernel = optimizer.as_top_level_api(grad_fn, momentum)
-    elif method in ("sam", "fsam", "fswag"):
-        variant = "fsam" if method == "fsam" else "sam"
-        kernel = sam_lib.as_top_level_api(grad_fn, config.rho, variant, momentum, data_size=n)
-    elif method == "bsam":
-        kernel = sam_lib.as_top_level_api(
-            grad_fn, config.rho, "bsam", data_size=n, prior_precision=prior_precision
-        )
-    elif method == "sgld":
-        kernel = blackjax.sgld(grad_fn)
-    else:  # emcmc
-        kernel = emcmc.as_top_level_api(grad_fn, config.eta)
-    collect = second_half if method in ("swag", "fswag", "sgld", "emcmc") else None
-    temperature = config.temperature if method in ("sgld", "emcmc") else 1.0
+    kind = methods.METHODS[method].kind
+    settings = methods.MethodSettings(
+        momentum=MOMENTUM,
+        rho=config.rho,
+        eta=config.eta,
+        data_size=n,
+        prior_precision=prior_precision,
+    )
+    kernel = methods.build_kernel(method, grad_fn, settings)
+    collect = second_half if kind in ("swag", "sampler") else None
+    temperature = config.temperature if kind == "sampler" else 1.0
     result = run(
         kernel, kernel.init(q0.mean), step_size=step, temperature=temperature, collect=collect
     )
     samples = jax.tree.map(lambda a: a[:, 0], result.samples["theta"])
-    if method in ("swag", "fswag"):
+    if kind == "swag":
         collected = swag.collect_swag(samples, config.swag_rank)
         q = swag.to_lowrank_gaussian(collected, min_variance=config.min_variance)
         return FineTuned(lrg.sample_n(bma_key, q, config.num_bma), backbone, draws, q)
-    if method in ("sgld", "emcmc"):
+    if kind == "sampler":
         return FineTuned(_thin(samples, config.num_bma), backbone, draws)
     # point estimates: a single "sample" with the backbone at its mean
     return FineTuned(samples, lambda k: frozen, False)
@@ -721,6 +766,8 @@ def run_transfer(
     source: Any,
     target: Any,
     extra_test: dict[str, tuple[Any, Any]] | None = None,
+    *,
+    progress: bool | None = None,
 ) -> dict:
     """The whole pipeline on ``source`` and ``target`` :class:`flatjax.data.Dataset` s.
 
@@ -733,6 +780,8 @@ def run_transfer(
     timings. ``extra_test`` maps names to further ``(x, y)`` test sets (e.g. corrupted
     copies of the target's test set), scored with the same BMA and temperature, under
     ``"extra_test"`` as ``{name: {"raw": metrics, "temperature_scaled": metrics}}``.
+    ``progress`` shows a bar for the pretraining and one for the fine-tuning on stderr
+    (``None``: when stderr is a terminal, outside CI).
     """
     config.validate()
     num_train = config.shots * int(target.num_classes)
@@ -744,7 +793,7 @@ def run_transfer(
                 f"`extra_test[{name!r}]` must be an (x, y) pair of equal lengths, got {pair!r:.80}"
             )
     start = time.perf_counter()
-    source_mean, source_swag = pretrain(config, source)
+    source_mean, source_swag = pretrain(config, source, progress=progress)
     source_q = swag.to_lowrank_gaussian(source_swag, min_variance=config.min_variance)
     pretrain_seconds = time.perf_counter() - start
 
@@ -768,7 +817,9 @@ def run_transfer(
     _, backbone_mean = split.split(source_q.mean)
     backbone_q = lrg.LowRankGaussian(*(split.split(part)[1] for part in source_q))
     q0 = initial_posterior(config, split, source_q, head, init_key)
-    fit = finetune_posterior(config, train, apply_fn, split, q0, backbone_mean, backbone_q, run_key)
+    fit = finetune_posterior(
+        config, train, apply_fn, split, q0, backbone_mean, backbone_q, run_key, progress=progress
+    )
     result = transfer_result(config, fit, split, apply_fn, train, backbone_mean)
     result.log_predict(train[0][:1])  # compile (timed with the fine-tuning, as before)
     finetune_seconds = time.perf_counter() - start

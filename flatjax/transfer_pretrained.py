@@ -350,6 +350,7 @@ def finetune_pretrained(
     reinit_head: bool | None = None,
     moped_delta: float = 0.1,
     train_kwarg: str = "train",
+    progress: bool | None = None,
     **hyperparameters: Any,
 ) -> TransferResult:
     """Few-shot fine-tuning of a pretrained network with SA-BMA or a baseline.
@@ -395,6 +396,9 @@ def finetune_pretrained(
         ``delta`` of the MOPED-style initial variance ``(delta |w|)^2``.
     train_kwarg
         Name of a Linen module's training flag (BatchNorm models).
+    progress
+        A progress bar over the epochs on stderr (``None``: when stderr is a
+        terminal, outside CI).
     **hyperparameters
         Any :class:`~flatjax.transfer.TransferConfig` field, e.g. ``epochs=50``.
 
@@ -489,7 +493,7 @@ def finetune_pretrained(
         _, frozen = split.split(source_q.mean)
         backbone_q = lrg.LowRankGaussian(*(split.split(part)[1] for part in source_q))
     fit = pipeline.finetune_posterior(
-        config, (x, y), model.train_apply, split, q0, frozen, backbone_q, run_key
+        config, (x, y), model.train_apply, split, q0, frozen, backbone_q, run_key, progress=progress
     )
     stats_fn = None if model.stats_fn is None else (lambda p: model.stats_fn(p, x))
     result = pipeline.transfer_result(

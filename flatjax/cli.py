@@ -4,7 +4,9 @@ Subcommands
 -----------
 run       one method on one data set: a table of BMA metrics, results.json, figures
 compare   several methods on the same data, model and seed: one table
-transfer  few-shot Bayesian transfer (SA-BMA and baselines): ACC / NLL / ECE / lambda_1
+transfer  few-shot Bayesian transfer (SA-BMA and baselines): ACC / NLL / ECE / lambda_1;
+          with --pretrained, of a network loaded from a checkpoint
+pretrain  train a network on a source set and save its weights (for transfer --pretrained)
 
 Every run writes into its own folder, ``results/<command>-<methods>-<YYYYmmdd-HHMMSS>``
 (or ``--out DIR``), and never replaces an existing ``results.json`` unless given
@@ -25,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from flatjax.experiment import METHODS, MODELS, SCHEDULES, ExperimentConfig
+from flatjax.transfer_pretrained import TRAINABLE
 
 DATA_DIR_HELP = (
     "folder with the data set's files: the four IDX files for fashion/mnist, the "
@@ -321,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Flatness-aware Bayesian deep learning: Entropy-MCMC and baselines.",
         formatter_class=_HelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,compare,transfer}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{run,compare,transfer,pretrain}"
+    )
     methods = ", ".join(f"{k} ({v})" for k, v in METHODS.items())
     run = sub.add_parser(
         "run",
@@ -356,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(compare)
     compare.set_defaults(subparser=compare)
     _add_transfer(sub)
+    _add_pretrain(sub)
     return parser
 
 
@@ -461,8 +467,9 @@ def _add_transfer(sub) -> None:
     p.add_argument(
         "--source",
         type=_class_spec,
-        default=("digits", (0, 1, 2, 3, 4)),
-        help="source data set and classes, e.g. digits:0-4 (default)",
+        default=None,
+        help="source data set and classes, e.g. digits:0-4 (default: digits:0-4; not with "
+        "--pretrained)",
     )
     p.add_argument(
         "--target",
@@ -522,16 +529,208 @@ def _add_transfer(sub) -> None:
     p.add_argument("--num-bma", type=_positive_int, default=d.num_bma, help="BMA samples")
     p.add_argument("--hidden", type=_hidden, default=d.hidden, help="MLP widths")
     p.add_argument("--seed", type=int, default=d.seed, help="PRNG seed")
+    g = p.add_argument_group(
+        "your own pretrained network (skips the pretraining and the source SWAG; "
+        "flatjax.transfer.finetune_pretrained)"
+    )
+    g.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="PATH",
+        help="the network's weights: a msgpack file or an orbax checkpoint folder (e.g. "
+        "from `python -m flatjax pretrain --save PATH`); default: none, the pipeline "
+        "pretrains on --source",
+    )
+    g.add_argument(
+        "--model",
+        choices=tuple(PRETRAINED_MODELS),
+        default=None,
+        help="the architecture of --pretrained (mlp: --hidden widths with LayerNorm; "
+        "resnet18: filter response norm); default: mlp",
+    )
+    g.add_argument(
+        "--trainable",
+        choices=TRAINABLE,
+        default=TRAINABLE[0],
+        help="what is fine-tuned: the normalisation layers and the head (SA-BMA's "
+        "scheme), the head, or every parameter",
+    )
+    g.add_argument(
+        "--head",
+        default="head",
+        metavar="NAME",
+        help="top-level name of the classifier head in the parameters",
+    )
+    g.add_argument(
+        "--reinit-head",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-initialise the head (mean 0, variance --head-variance) or keep the "
+        "pretrained one (default: re-initialise only when its width differs from the "
+        "target's number of classes)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: when stderr is a terminal, outside CI)",
+    )
     _add_out(p)
     p.set_defaults(subparser=p)
+
+
+#: ``--model`` of ``transfer --pretrained`` and ``pretrain``: make_model keyword
+#: arguments (the MLP's widths come from ``--hidden``)
+PRETRAINED_MODELS: dict[str, dict] = {
+    "mlp": {"norm": "layer"},
+    "cnn": {},
+    "resnet18": {"norm": "frn"},
+}
+
+
+def pretrained_model(name: str, num_classes: int, hidden: Sequence[int]):
+    """The Flax model ``--model name`` stands for (``transfer --pretrained``, ``pretrain``).
+
+    Examples
+    --------
+    >>> model = pretrained_model("mlp", 5, (32,))
+    >>> type(model).__name__, model.features, model.norm
+    ('MLP', (32,), 'layer')
+    """
+    from flatjax.nn.models import make_model
+
+    kwargs = dict(PRETRAINED_MODELS[name])
+    if name == "mlp":
+        kwargs["features"] = tuple(hidden)
+    return make_model(name, num_classes, **kwargs)
+
+
+def _add_pretrain(sub) -> None:
+    from flatjax.transfer import TransferConfig
+
+    d = TransferConfig()
+    p = sub.add_parser(
+        "pretrain",
+        help="train a network on a source set and save its weights (for transfer --pretrained)",
+        description="SGD (momentum 0.9, weight decay) on the source set, as the transfer "
+        "pipeline pretrains; the saved weights are the average of the last "
+        "--average-last epochs' iterates (the source SWAG's mean). Try the whole flow "
+        "offline: `python -m flatjax pretrain --data digits:0-4 --save w.msgpack`, then "
+        "`python -m flatjax transfer --pretrained w.msgpack --target digits:5-9`.",
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        type=_class_spec,
+        default=("digits", (0, 1, 2, 3, 4)),
+        help="source data set and classes, e.g. digits:0-4 (default: digits:0-4)",
+    )
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument(
+        "--model",
+        choices=tuple(PRETRAINED_MODELS),
+        default="mlp",
+        help="architecture (mlp: --hidden widths with LayerNorm; resnet18: filter response norm)",
+    )
+    p.add_argument("--hidden", type=_hidden, default=d.hidden, help="MLP widths")
+    p.add_argument("--epochs", type=_positive_int, default=d.source_epochs, help="SGD epochs")
+    p.add_argument(
+        "--average-last",
+        type=_positive_int,
+        default=d.swag_epochs,
+        help="last epochs whose iterates (one per epoch) are averaged into the saved "
+        "weights (>= 2, <= --epochs)",
+    )
+    p.add_argument("--lr", type=_number(0.0), default=d.source_lr, help="learning rate")
+    p.add_argument("--seed", type=int, default=d.seed, help="PRNG seed")
+    p.add_argument(
+        "--save",
+        required=True,
+        metavar="PATH",
+        help="where to write the weights: a msgpack file (PATH ending in .msgpack) or an "
+        "orbax checkpoint folder (anything else); must not exist yet",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: when stderr is a terminal, outside CI)",
+    )
+    p.set_defaults(subparser=p)
+
+
+def _main_pretrain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from flatjax import data as data_lib
+    from flatjax.transfer import TransferConfig, pretrain
+    from flatjax.transfer_pretrained import save_params
+
+    try:
+        save = Path(args.save)
+        if save.exists():
+            raise CLIError(f"--save {save} already exists; choose another path")
+        if not 2 <= args.average_last <= args.epochs:
+            raise CLIError(
+                f"--average-last={args.average_last} must be >= 2 and <= --epochs={args.epochs}"
+            )
+        config = TransferConfig(
+            hidden=args.hidden,
+            source_epochs=args.epochs,
+            swag_epochs=args.average_last,
+            swag_rank=2,  # only the mean is saved
+            source_lr=args.lr,
+            seed=args.seed,
+        ).validate()
+        name, classes = args.data
+        dataset, _ = load_data(name, args.data_dir, "none", args.seed, "--data")
+        source = data_lib.split_classes(dataset, classes) if classes else dataset
+    except (ValueError, CLIError) as err:
+        _fail(parser, err)
+    model = pretrained_model(args.model, int(source.num_classes), args.hidden)
+    print(
+        f"[flatjax] pretrain {args.model} on {source.name} ({len(source.x_train)} examples, "
+        f"{source.num_classes} classes), {args.epochs} epochs",
+        flush=True,
+    )
+    try:
+        params, _ = pretrain(config, source, model=model, progress=args.progress)
+    except FloatingPointError as err:  # DivergenceError
+        parser.exit(3, f"{parser.prog}: pretraining diverged: {err}\n")
+    logits = model.apply({"params": params}, jnp.asarray(source.x_test))
+    accuracy = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(source.y_test)))
+    path = save_params(save, {"params": params})
+    size = sum(int(x.size) for x in jax.tree.leaves(params))
+    print(f"source test accuracy {accuracy:.4f} ({len(source.y_test)} examples)")
+    print(
+        f"wrote {path} ({size} parameters; load it with `transfer --pretrained {path}"
+        f" --model {args.model}`)"
+    )
+    return 0
 
 
 def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from flatjax import data as data_lib
     from flatjax.transfer import TRANSFER_METHODS, TransferConfig, run_transfer
 
+    pretrained = args.pretrained is not None
     try:
         methods = _methods(args.method, tuple(TRANSFER_METHODS), "--method")
+        if pretrained and args.source is not None:
+            raise CLIError(
+                "--source is not used with --pretrained (the network is already trained; "
+                "give its data set's classes to `pretrain --data`)"
+            )
+        if not pretrained and args.model is not None:
+            raise CLIError(
+                "--model needs --pretrained (without it the pipeline pretrains its own "
+                "--hidden MLP)"
+            )
+        if not pretrained and (
+            args.trainable != TRAINABLE[0] or args.head != "head" or args.reinit_head is not None
+        ):
+            raise CLIError("--trainable, --head and --reinit-head need --pretrained")
         out, chosen = _output_dir(args, methods)
         configs = [
             TransferConfig(
@@ -553,22 +752,32 @@ def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
             ).validate()
             for m in methods
         ]
+        specs = [("--target", args.target)]
+        if not pretrained:
+            specs.insert(0, ("--source", args.source or ("digits", (0, 1, 2, 3, 4))))
         sets = []
-        for flag, (name, classes) in (("--source", args.source), ("--target", args.target)):
+        for flag, (name, classes) in specs:
             dataset, _ = load_data(name, args.data_dir, "none", args.seed, flag)
             sets.append(data_lib.split_classes(dataset, classes) if classes else dataset)
-        source, target = sets
+        target = sets[-1]
+        source = None if pretrained else sets[0]
+        if pretrained:
+            loaded = _load_pretrained(args, target, configs[0])
     except (ValueError, CLIError) as err:
         _fail(parser, err)
     print(f"[flatjax] results go to {out}", flush=True)
     reports = []
     for c in configs:
+        origin = args.pretrained if pretrained else source.name
         print(
-            f"[flatjax] transfer {c.method}: {source.name} -> {target.name}, {c.shots}-shot",
+            f"[flatjax] transfer {c.method}: {origin} -> {target.name}, {c.shots}-shot",
             flush=True,
         )
         try:
-            reports.append(run_transfer(c, source, target))
+            if pretrained:
+                reports.append(_transfer_pretrained(args, c, target, loaded))
+            else:
+                reports.append(run_transfer(c, source, target, progress=args.progress))
         except ValueError as err:
             _fail(parser, err)
         except FloatingPointError as err:  # DivergenceError
@@ -590,6 +799,88 @@ def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     out = _write_results(out, chosen, {"command": "transfer", "reports": reports})
     print(f"\nwrote {out / 'results.json'}")
     return 0
+
+
+def _load_pretrained(args: argparse.Namespace, target, config) -> dict:
+    """The model, its variables from ``--pretrained`` and the few-shot sets.
+
+    Raises ``CLIError`` naming the flag for a missing file, a checkpoint that is
+    not ``--model``'s network, or a ``--head`` that is not in its parameters.
+    """
+    import jax
+
+    from flatjax.transfer import few_shot_split
+    from flatjax.transfer_pretrained import load_params
+
+    path = Path(args.pretrained)
+    if not path.exists():
+        raise CLIError(f"--pretrained {path} does not exist")
+    name = args.model or "mlp"
+    x_tr, y_tr, x_val, y_val = few_shot_split(target, config.shots, config.val_shots, config.seed)
+    model = pretrained_model(name, int(target.num_classes), args.hidden)
+    like = model.init(jax.random.key(0), x_tr[:1])
+    names = sorted(like["params"])
+    if args.head not in names:
+        raise CLIError(
+            f"--head {args.head!r} is not a top-level name of --model {name}'s parameters; "
+            f"they are {names}"
+        )
+    arch = f"--model {name}" + (
+        f" --hidden {_show_default(tuple(args.hidden))}" if name == "mlp" else ""
+    )
+    try:
+        variables = load_params(path, like=like, head=args.head)
+    except ValueError as err:
+        detail = str(err).split("(`like`): ", 1)[-1]  # the entries that differ
+        raise CLIError(f"--pretrained {path} is not a {arch} network: {detail}") from None
+    return {
+        "model": model,
+        "variables": variables,
+        "train": (x_tr, y_tr),
+        "validation": (x_val, y_val),
+        "model_name": name,
+    }
+
+
+def _transfer_pretrained(args: argparse.Namespace, config, target, loaded: dict) -> dict:
+    """One method's report on the loaded network (:func:`finetune_pretrained`)."""
+    import dataclasses
+
+    from flatjax.transfer import report
+    from flatjax.transfer_pretrained import finetune_pretrained
+
+    start = time.perf_counter()
+    result = finetune_pretrained(
+        loaded["model"],
+        loaded["variables"],
+        loaded["train"],
+        method=config.method,
+        num_classes=int(target.num_classes),
+        head=args.head,
+        trainable=args.trainable,
+        seed=config.seed,
+        config=config,
+        reinit_head=args.reinit_head,
+        progress=args.progress,
+    )
+    result.log_predict(loaded["train"][0][:1])  # compile (timed with the fine-tuning)
+    seconds = time.perf_counter() - start
+    scored = report(
+        result, loaded["validation"], (target.x_test, target.y_test), None, per_block=True
+    )
+    return {
+        "config": dataclasses.asdict(config),
+        "pretrained": str(args.pretrained),
+        "model": loaded["model_name"],
+        "trainable": args.trainable,
+        "head": args.head,
+        "reinit_head": args.reinit_head,
+        "target": getattr(target, "name", "target"),
+        **scored,
+        "num_train": int(len(loaded["train"][1])),
+        "pretrain_seconds": 0.0,
+        "finetune_seconds": seconds,
+    }
 
 
 def load_data(name: str, data_dir: str | None, ood: str, seed: int, flag: str = "--data"):
@@ -776,6 +1067,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = args.subparser  # for one-line errors under the subcommand's name
     if args.command == "transfer":
         return _main_transfer(args, sub)
+    if args.command == "pretrain":
+        return _main_pretrain(args, sub)
     try:
         if args.command == "run":
             methods = _methods(args.method, tuple(METHODS), "--method", one=True)

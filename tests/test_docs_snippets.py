@@ -18,10 +18,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNABLE_PAGES = ["docs/guide/nnx.md"]
+#: (page, "## heading"): sections of pages that are otherwise fragments, run on their own
+RUNNABLE_SECTIONS = [("docs/guide/sabma.md", "## From your own pretrained network")]
 
 RUNNER = """
 import re, sys
 text = open(sys.argv[1]).read()
+if len(sys.argv) > 2:  # one section: from its heading to the next heading of its level
+    start = text.index(sys.argv[2] + "\\n")
+    level = sys.argv[2].split(" ")[0] + " "
+    rest = text[start + len(sys.argv[2]) :]
+    ends = [m.start() for m in re.finditer("^" + level, rest, flags=re.M)]
+    text = rest[: ends[0]] if ends else rest
 namespace = {"__name__": "__main__"}
 for i, block in enumerate(re.findall(r"^```python\\n(.*?)^```", text, flags=re.S | re.M)):
     exec(compile(block, f"{sys.argv[1]}, python block {i + 1}", "exec"), namespace)
@@ -29,18 +37,27 @@ for i, block in enumerate(re.findall(r"^```python\\n(.*?)^```", text, flags=re.S
 """
 
 
-def python_blocks(page: str) -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```", (ROOT / page).read_text(), flags=re.S | re.M)
+def python_blocks(page: str, heading: str | None = None) -> list[str]:
+    text = (ROOT / page).read_text()
+    if heading is not None:
+        rest = text[text.index(heading + "\n") + len(heading) :]
+        level = heading.split(" ")[0] + " "
+        end = re.search("^" + level, rest, flags=re.M)
+        text = rest[: end.start()] if end else rest
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
-@pytest.mark.parametrize("page", RUNNABLE_PAGES)
-def test_page_snippets_run(page: str) -> None:
-    num_blocks = len(python_blocks(page))
-    assert num_blocks > 0, f"{page} has no python blocks"
+@pytest.mark.parametrize(
+    ("page", "heading"),
+    [(p, None) for p in RUNNABLE_PAGES] + RUNNABLE_SECTIONS,
+)
+def test_page_snippets_run(page: str, heading: str | None) -> None:
+    num_blocks = len(python_blocks(page, heading))
+    assert num_blocks > 0, f"{page} {heading or ''} has no python blocks"
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
     proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(ROOT / page)],
+        [sys.executable, "-c", RUNNER, str(ROOT / page), *([heading] if heading else [])],
         capture_output=True,
         text=True,
         env=env,

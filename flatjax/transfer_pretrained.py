@@ -273,25 +273,30 @@ def _moped_posterior(
     trainable: dict, fresh: set, config: TransferConfig, delta: float, key: jax.Array
 ) -> lrg.LowRankGaussian:
     """MOPED-style q over the trainable leaves; re-initialised head leaves at ``N(0, alpha)``."""
-    k = config.swag_rank
-    mean, log_scale, deviations = {}, {}, {}
-    keys = iter(jax.random.split(key, max(len(trainable), 1)))
-    for path, leaf in trainable.items():
-        leaf = jnp.asarray(leaf)
-        if path in fresh:
-            mean[path] = jnp.zeros_like(leaf)
-            var = jnp.full_like(leaf, config.head_variance)
-        else:
-            mean[path] = leaf
-            var = jnp.maximum((delta * jnp.abs(leaf)) ** 2, config.min_variance)
-        # Sigma's diagonal part is sigma^2 / 2 = var
-        log_scale[path] = 0.5 * jnp.log(2.0 * var)
-        deviations[path] = (
-            0.1
-            * jnp.sqrt(var)[..., None]
-            * jax.random.normal(next(keys), (*leaf.shape, k), leaf.dtype)
-        )
-    return lrg.LowRankGaussian(mean, log_scale, deviations)
+    k, head_variance, min_variance = config.swag_rank, config.head_variance, config.min_variance
+
+    @jax.jit  # one compiled program instead of a dozen eager ops per leaf
+    def build(trainable: dict, key: jax.Array) -> lrg.LowRankGaussian:
+        mean, log_scale, deviations = {}, {}, {}
+        keys = iter(jax.random.split(key, max(len(trainable), 1)))
+        for path, leaf in trainable.items():
+            leaf = jnp.asarray(leaf)
+            if path in fresh:
+                mean[path] = jnp.zeros_like(leaf)
+                var = jnp.full_like(leaf, head_variance)
+            else:
+                mean[path] = leaf
+                var = jnp.maximum((delta * jnp.abs(leaf)) ** 2, min_variance)
+            # Sigma's diagonal part is sigma^2 / 2 = var
+            log_scale[path] = 0.5 * jnp.log(2.0 * var)
+            deviations[path] = (
+                0.1
+                * jnp.sqrt(var)[..., None]
+                * jax.random.normal(next(keys), (*leaf.shape, k), leaf.dtype)
+            )
+        return lrg.LowRankGaussian(mean, log_scale, deviations)
+
+    return build(dict(trainable), key)
 
 
 def _source_q(

@@ -49,6 +49,7 @@ import optax
 
 from benchmarks import _common
 from flatjax.data import CORRUPTIONS, corrupt, load_digits, load_mnist_like, split_classes
+from flatjax.flatness import eigenvalue_ratio, top_eigenvalues
 from flatjax.inference.loop import DivergenceError
 from flatjax.nn import glue
 from flatjax.nn.models import make_model
@@ -245,7 +246,69 @@ def for_flatness(result, grid: dict, num_classes: int, m: int):
     )
 
 
-def one_run(grid, params, target, sets, clean, shifted, method, seed, b) -> dict:
+_EIGS: dict = {}
+
+
+def flatness(result, grid_name: str) -> dict:
+    """:meth:`TransferResult.flatness` ``(per_block=True)``, compiled once per grid and block.
+
+    The same measure (same loss, keys, ``k`` and Lanczos steps) for a result whose
+    frozen part is one set (no source posterior): the library's method traces and
+    compiles its Lanczos loops anew for every result, which on a ResNet costs minutes
+    of compilation per run (11 loops: the whole block and each module); here each is a
+    jitted function of the samples, the frozen leaves and the data, reused across runs.
+    """
+    if result.per_sample_backbone:
+        return result.flatness(per_block=True)
+    split, apply_fn, heads = result.split, result.apply_fn, result.heads
+    samples = result.samples
+    size = sum(x[0].size for x in jax.tree.leaves(samples))
+    head_size = sum(x[0].size for p, x in samples.items() if p.split("/")[0] in heads)
+    k = min(result.config.num_eigenvalues, head_size or size, size)
+    key = jax.random.key(result.config.seed + 5)
+    n = result.num_samples
+
+    def get(block, num):
+        tag = (grid_name, block, num, n)
+        if tag not in _EIGS:
+
+            def eigs(samples, frozen, x, y, block_key):
+                def train_loss(w):
+                    logits = apply_fn(split.merge(w, frozen), x)
+                    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+                def one(args):
+                    w, kk = args
+                    if block is None:
+                        return top_eigenvalues(train_loss, w, num, rng_key=kk)
+                    inside = {p: v for p, v in w.items() if p.split("/")[0] == block}
+                    return top_eigenvalues(
+                        lambda v: train_loss({**w, **v}), inside, num, rng_key=kk
+                    )
+
+                keys = jax.random.split(block_key, n)
+                return jax.lax.map(one, (samples, keys))
+
+            _EIGS[tag] = jax.jit(eigs)
+        return _EIGS[tag]
+
+    x, y = result.train_data
+    frozen = result.frozen_mean
+    eig = get(None, k)(samples, frozen, x, y, key)
+    out = {
+        "lambda_1_mean": float(jnp.mean(eig[:, 0])),
+        "lambda_1_sd": float(jnp.std(eig[:, 0])),
+        "lambda_1_over_lambda_k": float(jnp.mean(eigenvalue_ratio(eig))),
+        "num_eigenvalues": int(k),
+        "blocks": {},
+    }
+    for i, block in enumerate(sorted({p.split("/")[0] for p in samples})):
+        lam = get(block, 1)(samples, frozen, x, y, jax.random.fold_in(key, i + 1))[:, 0]
+        out["blocks"][block] = {"lambda_1_mean": float(jnp.mean(lam))}
+    return out
+
+
+def one_run(name, grid, params, target, sets, clean, shifted, method, seed, b) -> dict:
     x_tr, y_tr, x_val, y_val = sets
     model = make_model(grid["model"], target.num_classes, **grid["kwargs"])
     config = TransferConfig(shots=10, val_shots=5, **b["finetune"])
@@ -270,9 +333,7 @@ def one_run(grid, params, target, sets, clean, shifted, method, seed, b) -> dict
     extra = {k: result.evaluate(*pair, batch_size=500) for k, pair in shifted.items()}
     eval_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    flat = for_flatness(result, grid, int(target.num_classes), b["flat_samples"]).flatness(
-        per_block=True
-    )
+    flat = flatness(for_flatness(result, grid, int(target.num_classes), b["flat_samples"]), name)
     flat_seconds = time.perf_counter() - start
     rec = {
         **{k: scored["raw"][k] for k in KEYS},
@@ -351,7 +412,9 @@ def run_grids(quick: bool, grids: list[str], results: pathlib.Path, cache: pathl
                 "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             }
             try:
-                rec = one_run(grid, params, target, sets, clean, shifted, method, seed, b)
+                rec = one_run(
+                    grid_name, grid, params, target, sets, clean, shifted, method, seed, b
+                )
                 rec["diverged"] = False
             except DivergenceError as error:
                 print(f"  {NAME}: {grid_name} {method} seed {seed} diverged: {error}", flush=True)

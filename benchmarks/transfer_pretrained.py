@@ -371,8 +371,16 @@ def read_records(path: pathlib.Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_grids(quick: bool, grids: list[str], results: pathlib.Path, cache: pathlib.Path) -> None:
+def run_grids(
+    quick: bool,
+    grids: list[str],
+    results: pathlib.Path,
+    cache: pathlib.Path,
+    seeds: list[int] | None = None,
+) -> None:
     b = budget(quick)
+    if seeds is not None:
+        b = {**b, "seeds": tuple(seeds)}
     path = paths(quick, results)
     results.mkdir(parents=True, exist_ok=True)
     done = {(r["grid"], r["method"], r["seed"]) for r in read_records(path)}
@@ -392,6 +400,11 @@ def run_grids(quick: bool, grids: list[str], results: pathlib.Path, cache: pathl
             flush=True,
         )
         for method, seed in todo:
+            if any(  # another process (other seeds) may have recorded it meanwhile
+                (r["grid"], r["method"], r["seed"]) == (grid_name, method, seed)
+                for r in read_records(path)
+            ):
+                continue
             sets = few_shot_split(target, 10, 5, seed)
             base = {
                 "grid": grid_name,
@@ -466,7 +479,11 @@ def paired(by_seed: dict, a: str, b: str, key: str) -> dict:
 
 
 def report(quick: bool, results: pathlib.Path) -> dict | None:
-    records = read_records(paths(quick, results))
+    records, seen = [], set()
+    for r in read_records(paths(quick, results)):  # the first record of a run counts
+        if (run := (r["grid"], r["method"], r["seed"])) not in seen:
+            seen.add(run)
+            records.append(r)
     if not records:
         print(f"  {NAME}: no records yet")
         return None
@@ -672,6 +689,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", action="store_true", help="only rewrite the report")
     parser.add_argument("--cache", default=None, help="checkpoint folder (outside git)")
     parser.add_argument("--results", default=None, help="results folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="a subset of seeds")
     args = parser.parse_args(argv)
     results = pathlib.Path(args.results) if args.results else _common.RESULTS
     if not args.report:
@@ -681,7 +699,7 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown grid(s) {unknown}; choose from {sorted(b['grids'])}")
         start = time.perf_counter()
-        run_grids(args.quick, grids, results, cache_dir(args.cache))
+        run_grids(args.quick, grids, results, cache_dir(args.cache), args.seeds)
         print(f"  {NAME}: {time.perf_counter() - start:.0f} s", flush=True)
     report(args.quick, results)
 

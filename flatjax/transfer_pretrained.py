@@ -52,7 +52,7 @@ import numpy as np
 from flatjax import transfer as pipeline
 from flatjax._util import flax_module_kind
 from flatjax.nn import glue, masks
-from flatjax.nn.batchnorm import recompute_batch_stats
+from flatjax.nn.batchnorm import average_batch_stats, recompute_batch_stats
 from flatjax.transfer import SplitParams, TransferConfig, TransferResult
 from flatjax.vi import lowrank_gaussian as lrg
 from flatjax.vi import swag
@@ -158,27 +158,12 @@ def _nnx_model(model: Any, params: Any) -> _Model:
         return merged(params, batch_stats, False)(x)
 
     def stats_fn(params, x):
-        # a running statistic is m * old + (1 - m) * batch: passes from old = 0 and
-        # old = 1 give m and the batch statistic whatever the layers' momentum
-        size = _stats_batch(x)
-        num = x.shape[0] // size
-        xb = x[: num * size].reshape(num, size, *x.shape[1:])
-        zeros = jax.tree.map(jnp.zeros_like, stats)
-        ones = jax.tree.map(jnp.ones_like, stats)
-
         def stats_from(old, xs):
             m = merged(params, old, True)
             m(xs)
             return nnx.state(m, nnx.BatchStat)
 
-        def one_batch(total, xs):
-            from_zero = stats_from(zeros, xs)
-            momentum = jax.tree.map(jnp.subtract, stats_from(ones, xs), from_zero)
-            batch = jax.tree.map(lambda z, m: z / (1.0 - m), from_zero, momentum)
-            return jax.tree.map(jnp.add, total, batch), None
-
-        total, _ = jax.lax.scan(one_batch, zeros, xb)
-        return jax.tree.map(lambda t: t / num, total)
+        return average_batch_stats(stats_from, stats, x, _stats_batch(x))
 
     return _Model(train_apply, p, eval_fn, stats_fn)
 

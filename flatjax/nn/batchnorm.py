@@ -9,13 +9,14 @@ mean and variance, whatever the layers' ``momentum``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from blackjax.types import ArrayLikeTree, ArrayTree
 
-__all__ = ["recompute_batch_stats"]
+__all__ = ["average_batch_stats", "recompute_batch_stats"]
 
 
 def recompute_batch_stats(
@@ -59,12 +60,8 @@ def recompute_batch_stats(
     >>> bool(jnp.allclose(stats["BatchNorm_0"]["mean"], x.mean(0), atol=1e-5))
     True
     """
-    num_batches = x.shape[0] // batch_size
-    if num_batches < 1:
+    if x.shape[0] // batch_size < 1:
         raise ValueError(f"`x` has {x.shape[0]} rows, fewer than `batch_size`={batch_size}")
-    xb = x[: num_batches * batch_size].reshape(num_batches, batch_size, *x.shape[1:])
-    zeros = jax.tree.map(jnp.zeros_like, batch_stats)
-    ones = jax.tree.map(jnp.ones_like, batch_stats)
 
     def stats_from(old, xs):
         _, updates = module.apply(
@@ -74,6 +71,27 @@ def recompute_batch_stats(
             **{train_kwarg: True},
         )
         return updates["batch_stats"]
+
+    return average_batch_stats(stats_from, batch_stats, x, batch_size)
+
+
+def average_batch_stats(
+    stats_from: Callable[[Any, jax.Array], Any], like: Any, x: jax.Array, batch_size: int
+) -> Any:
+    """Minibatch statistics averaged over ``x``, whatever the layers' momentum.
+
+    ``stats_from(old, xs)`` runs one training-mode forward pass on the minibatch ``xs``
+    starting from running statistics ``old`` and returns the updated ones. A running
+    statistic is ``m * old + (1 - m) * batch``: the passes from ``old = 0`` and
+    ``old = 1`` give ``m`` and the batch statistic of every layer. Shared by
+    :func:`recompute_batch_stats` (Linen) and the NNX models of
+    :func:`flatjax.transfer.finetune_pretrained`. ``like`` fixes the structure; the
+    trailing partial batch of ``x`` is dropped.
+    """
+    num_batches = x.shape[0] // batch_size
+    xb = x[: num_batches * batch_size].reshape(num_batches, batch_size, *x.shape[1:])
+    zeros = jax.tree.map(jnp.zeros_like, like)
+    ones = jax.tree.map(jnp.ones_like, like)
 
     def one_batch(total, xs):
         from_zero = stats_from(zeros, xs)

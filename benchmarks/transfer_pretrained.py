@@ -615,7 +615,8 @@ def report(quick: bool, results: pathlib.Path) -> dict | None:
             n = len(set(d1["per_seed"]) & set(d2["per_seed"]))
             md.append(
                 f"\n- {label}: SA-BMA beats both SGD and SAM on every seed: "
-                f"**{'yes' if holds else 'no'}** ({n} seeds)."
+                f"**{'yes' if holds else 'no'}** ({n} of {len(b['seeds'])} seeds"
+                + (", partial)." if n < len(b["seeds"]) else ").")
             )
         summary["grids"][g]["target_holds"] = verdict
         md.append("\n")

@@ -196,10 +196,10 @@ def top_eigenvalues(
     k, m = _check_lanczos(k, num_iterations, flat.shape[0])
     key = jax.random.key(0) if rng_key is None else rng_key
     key_start, key_restart = jax.random.split(key)
-    grad_fn = jax.grad(loss_fn)
 
     def matvec(v):
-        hv = jax.jvp(grad_fn, (params,), (unravel(v),))[1]
+        # falls back to reverse-over-reverse for custom_vjp models (the CNNs' conv)
+        hv = hessian_vector_product(loss_fn, params, unravel(v))
         return ravel_pytree(hv)[0].astype(flat.dtype)
 
     v0 = jax.random.normal(key_start, flat.shape, flat.dtype)
@@ -341,7 +341,6 @@ def hutchinson_samples(
     num_samples = check_positive_int("num_samples", num_samples)
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)
-    grad_fn = jax.grad(loss_fn)
     leaves, treedef = jax.tree.flatten(params)
 
     def quadratic_form(key):
@@ -351,7 +350,7 @@ def hutchinson_samples(
             for k, x in zip(keys, leaves, strict=True)
         ]
         z = jax.tree.unflatten(treedef, z)
-        return _tree_vdot(z, jax.jvp(grad_fn, (params,), (z,))[1])
+        return _tree_vdot(z, hessian_vector_product(loss_fn, params, z))
 
     keys = jax.random.split(rng_key, num_samples)
     return jax.lax.map(quadratic_form, keys, batch_size=batch_size)

@@ -213,3 +213,20 @@ def test_hvp_falls_back_to_reverse_mode_for_custom_vjp_models():
     loss_xla = lambda p: jnp.sum(xla.apply({"params": p}, x) ** 2)
     expected = jax.jvp(jax.grad(loss_xla), (params,), (v,))[1]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4), hvp, expected)
+
+
+def test_eigenvalues_and_trace_work_through_custom_vjp():
+    """Lanczos and Hutchinson use the HVP with the reverse-mode fallback."""
+
+    @jax.custom_vjp
+    def square(x):
+        return x**2
+
+    square.defvjp(lambda x: (x**2, x), lambda x, g: (2 * x * g,))
+    scales = jnp.arange(1.0, 7.0)
+    loss = lambda p: jnp.sum(scales * square(p["w"]))  # Hessian diag(2 * scales)
+    params = {"w": jnp.ones(6)}
+    top = flatness.top_eigenvalues(loss, params, k=2)
+    np.testing.assert_allclose(top, [12.0, 10.0], rtol=1e-4)
+    trace = flatness.hutchinson_trace(loss, params, jax.random.key(0), num_samples=4)
+    np.testing.assert_allclose(trace, 42.0, rtol=1e-5)  # exact for a diagonal Hessian

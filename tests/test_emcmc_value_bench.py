@@ -42,6 +42,7 @@ def test_variant_names_map_to_config_overrides():
         variant("adam")
 
 
+@pytest.mark.slow
 def test_runs_are_recorded_once_and_reported(tmp_path):
     env = {**os.environ, "FLATJAX_BENCH_RESULTS": str(tmp_path)}
     argv = [sys.executable, "-m", "benchmarks.emcmc_value", "--data", "digits", "--epochs", "4"]

@@ -85,7 +85,7 @@ def average_batch_stats(
     statistic is ``m * old + (1 - m) * batch``: the passes from ``old = 0`` and
     ``old = 1`` give ``m`` and the batch statistic of every layer. Shared by
     :func:`recompute_batch_stats` (Linen) and the NNX models of
-    :func:`flatjax.transfer.finetune_pretrained`. ``like`` fixes the structure; the
+    :func:`flatjax.transfer_pretrained.finetune_pretrained`. ``like`` fixes the structure; the
     trailing partial batch of ``x`` is dropped.
     """
     num_batches = x.shape[0] // batch_size

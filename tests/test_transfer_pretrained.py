@@ -296,17 +296,7 @@ def test_entry_point_is_reachable_from_the_package():
     assert "load_params" in dir(transfer)
 
 
-TINY = dict(
-    hidden=(16,),
-    source_epochs=3,
-    swag_epochs=2,
-    swag_rank=2,
-    epochs=3,
-    shots=3,
-    val_shots=2,
-    num_bma=3,
-    num_eigenvalues=2,
-)
+from test_transfer import TINY  # noqa: E402  (the pipeline tests' tiny configuration)
 
 
 def test_identical_to_the_pipeline_where_both_apply():

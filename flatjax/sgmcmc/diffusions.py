@@ -41,7 +41,9 @@ def per_leaf(step_size, tree: ArrayLikeTree) -> ArrayTree:
     return jax.tree.map(lambda _: step_size, tree)
 
 
-def overdamped_langevin(noise: str = "gaussian") -> Callable:
+def overdamped_langevin(
+    noise: str = "gaussian", draw: Callable[[PRNGKey, ArrayLikeTree], ArrayTree] | None = None
+) -> Callable:
     """Euler-Maruyama step of ``dx = grad log p(x) dt + sqrt(2 T) dW``.
 
     ``noise="rademacher"`` replaces the Gaussian increments by random signs of the
@@ -52,6 +54,10 @@ def overdamped_langevin(noise: str = "gaussian") -> Callable:
     ``step_size`` is a scalar or a pytree of steps with the position's structure
     (:func:`per_leaf`): a constant diagonal preconditioner ``P``, which keeps the
     target exact in continuous time (``x' = x + P grad + sqrt(2 P T) xi``).
+
+    ``draw(rng_key, position)`` overrides how the unit-variance noise is drawn (default:
+    leaf by leaf, of the ``noise`` kind); e.g. ``flatjax._util.raveled_normal_like``
+    gives ``blackjax.sgld``'s numbers.
 
     Examples
     --------
@@ -64,6 +70,10 @@ def overdamped_langevin(noise: str = "gaussian") -> Callable:
     """
 
     check_noise(noise)
+    if draw is None:
+
+        def draw(rng_key: PRNGKey, position: ArrayLikeTree) -> ArrayTree:
+            return langevin_noise(rng_key, position, noise)
 
     def one_step(
         rng_key: PRNGKey,
@@ -72,7 +82,7 @@ def overdamped_langevin(noise: str = "gaussian") -> Callable:
         step_size: float,
         temperature: float = 1.0,
     ) -> ArrayTree:
-        xi = langevin_noise(rng_key, position, noise)
+        xi = draw(rng_key, position)
         return jax.tree.map(
             lambda p, g, n, h: p + h * g + jnp.sqrt(2 * temperature * h) * n,
             position,

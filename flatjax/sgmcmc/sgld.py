@@ -7,11 +7,13 @@
 
     \\theta' = \\theta + h \\nabla \\log \\hat p(\\theta) + \\sqrt{2 h T}\\,\\xi,
 
-with ``xi`` either standard normal (``noise="gaussian"``, the same law as
-``blackjax.sgld``) or random signs (``noise="rademacher"``, the simplified weak Euler
-scheme: weak order 1 and the same discrete-time stationary covariance on Gaussian
-targets, several times cheaper to draw on CPU). The state is the bare position, as in
-``blackjax.sgld``, so the two are interchangeable in any loop.
+with ``xi`` either standard normal (``noise="gaussian"``: ``blackjax.sgld``'s
+numbers, bit for bit — one draw over the raveled position, as blackjax draws it —
+through flatjax's 2x faster exact normal path) or random signs
+(``noise="rademacher"``, the simplified weak Euler scheme: weak order 1 and the same
+discrete-time stationary covariance on Gaussian targets, several times cheaper to draw
+on CPU). The state is the bare position, as in ``blackjax.sgld``, so the two are
+interchangeable in any loop.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from collections.abc import Callable
 from blackjax.base import SamplingAlgorithm
 from blackjax.types import ArrayLikeTree, ArrayTree, PRNGKey
 
-from flatjax._util import check_floating_tree, check_matching_tree, check_noise
+from flatjax._util import (
+    check_floating_tree,
+    check_matching_tree,
+    check_noise,
+    raveled_normal_like,
+)
 from flatjax.sgmcmc import diffusions
 from flatjax.sgmcmc._api import sgmcmc_algorithm
 
@@ -36,7 +43,8 @@ def init(position: ArrayLikeTree) -> ArrayTree:
 
 def build_kernel(noise: str = "gaussian") -> Callable:
     """``kernel(rng_key, position, grad_estimator, minibatch, step_size, temperature=1.0)``."""
-    integrator = diffusions.overdamped_langevin(check_noise(noise))
+    draw = raveled_normal_like if check_noise(noise) == "gaussian" else None
+    integrator = diffusions.overdamped_langevin(noise, draw)
 
     def kernel(
         rng_key: PRNGKey,

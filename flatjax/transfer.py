@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 import jax
@@ -74,6 +74,8 @@ TRANSFER_METHODS: dict[str, str] = {
 
 #: heavy-ball momentum (EMA form) of the pretraining and of every fine-tuning method
 MOMENTUM = 0.9
+#: prior sd of re-initialised (head) leaves in the variational methods' KL terms
+FRESH_PRIOR_STD = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,7 +342,7 @@ def finetune(
     backbone_q = lrg.LowRankGaussian(*(split.split(part)[1] for part in source_q))
     q0 = initial_posterior(config, split, source_q, head, init_key)
     fit = finetune_posterior(
-        config, target_train, apply_fn, split, q0, backbone_mean, backbone_q, run_key
+        config, target_train, apply_fn, split, q0, backbone_mean, backbone_q, run_key, fresh=head
     )
     return fit.samples, fit.backbone_fn
 
@@ -378,6 +380,7 @@ def finetune_posterior(
     backbone_q: lrg.LowRankGaussian | None,
     rng_key: jax.Array,
     *,
+    fresh: Collection[str] = (),
     progress: bool | None = None,
 ) -> FineTuned:
     """Train ``config.method`` on the few-shot set: the one code path of every method.
@@ -404,6 +407,10 @@ def finetune_posterior(
         ``frozen``.
     rng_key
         Two keys stacked, ``(run, bma)`` (see ``_finetune_keys``), or one key.
+    fresh
+        Paths of the trainable leaves that were re-initialised (the new head). MFVI's
+        MOPED prior, centred at the pretrained weights, does not apply to them: they get
+        the weakly informative ``N(0, FRESH_PRIOR_STD^2)`` (SA-BMA's KL prior).
     progress
         A progress bar over the epochs on stderr, named after the method (``None``:
         when stderr is a terminal, outside CI).
@@ -455,16 +462,24 @@ def finetune_posterior(
             damping=1e-3,
             draw=backbone,
             kl_weight=config.weight_decay,
-            prior_variance=1.0,
+            prior_variance=FRESH_PRIOR_STD**2,
         )
         result = run(kernel, kernel.init(q0), step_size=config.lr)
         q = jax.tree.map(lambda a: a[0], result.state.q)
         return FineTuned(lrg.sample_n(bma_key, q, config.num_bma), backbone, draws, q)
     if method == "mfvi":
-        # MOPED's prior N(w, (0.1 |w|)^2) collapses on the fresh zero head: floor its
-        # scale (and the initial sigma) at the head's prior sd, sqrt(head_variance)
+        # MOPED's empirical-Bayes prior N(w, (0.1 |w|)^2) holds at pretrained weights;
+        # at a fresh zero head it would pin the mean to 0 (sd = the floor), so fresh
+        # leaves get N(0, FRESH_PRIOR_STD^2). The floor also bounds the initial sigma.
         floor = math.sqrt(config.head_variance) * 10.0
         prior = mfvi.moped_prior(q0.mean, min_scale=floor)
+        prior = mfvi.GaussianPrior(
+            prior.mean,
+            {
+                p: jnp.full_like(s, FRESH_PRIOR_STD) if p in fresh else s
+                for p, s in prior.std.items()
+            },
+        )
         kernel = mfvi.as_top_level_api(loglik, n, prior, momentum)
         state0 = mfvi.init(q0.mean, momentum, min_scale=floor)
         result = run(kernel, state0, step_size=step)
@@ -818,7 +833,16 @@ def run_transfer(
     backbone_q = lrg.LowRankGaussian(*(split.split(part)[1] for part in source_q))
     q0 = initial_posterior(config, split, source_q, head, init_key)
     fit = finetune_posterior(
-        config, train, apply_fn, split, q0, backbone_mean, backbone_q, run_key, progress=progress
+        config,
+        train,
+        apply_fn,
+        split,
+        q0,
+        backbone_mean,
+        backbone_q,
+        run_key,
+        fresh=head,
+        progress=progress,
     )
     result = transfer_result(config, fit, split, apply_fn, train, backbone_mean)
     result.log_predict(train[0][:1])  # compile (timed with the fine-tuning, as before)

@@ -23,7 +23,9 @@ What is trained and from where:
   and ``K = config.swag_rank`` small random deviation columns (``0.1`` of each
   entry's standard deviation). The prior every method regularises with is the
   pipeline's: weight decay ``config.weight_decay`` (an isotropic Gaussian at 0;
-  SA-BMA's KL term uses it too); MFVI uses MOPED's own prior at the initial mean.
+  SA-BMA's KL term uses it too); MFVI uses MOPED's own prior at the initial mean
+  on pretrained leaves and ``N(0, FRESH_PRIOR_STD^2)`` (sd 1) on a re-initialised
+  head (a prior at the zero head with MOPED's floored scale would pin it there).
 * **With a source posterior** (a ``LowRankGaussian`` or a ``SWAGState`` over
   ``params``): the trainable block starts at its marginal and the frozen part is
   drawn from it at every SA-BMA step and for every BMA sample
@@ -483,7 +485,16 @@ def finetune_pretrained(
         _, frozen = split.split(source_q.mean)
         backbone_q = lrg.LowRankGaussian(*(split.split(part)[1] for part in source_q))
     fit = pipeline.finetune_posterior(
-        config, (x, y), model.train_apply, split, q0, frozen, backbone_q, run_key, progress=progress
+        config,
+        (x, y),
+        model.train_apply,
+        split,
+        q0,
+        frozen,
+        backbone_q,
+        run_key,
+        fresh=fresh,
+        progress=progress,
     )
     stats_fn = None if model.stats_fn is None else (lambda p: model.stats_fn(p, x))
     result = pipeline.transfer_result(

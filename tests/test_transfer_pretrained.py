@@ -355,3 +355,24 @@ def test_flatness_per_block_and_at_each_samples_own_backbone(data):
         assert 0 < block["lambda_1_mean"] <= paired["lambda_1_mean"] * 1.01
     with pytest.raises(ValueError, match="`backbone` must be 'paired' or 'mean'"):
         result.flatness(backbone="draw")
+
+
+def test_mfvi_learns_a_fresh_head():
+    """MOPED-VI on a re-initialised head: MOPED's prior centred at the zero head with a
+    floored sd (0.032) pinned its mean there (BMA at chance, issue 16); fresh leaves now
+    get the N(0, 1) prior, so it fits separable few-shot data like SGD does."""
+    x = jax.random.normal(jax.random.key(3), (30, 4))
+    y = jnp.argmax(x[:, :3], axis=1)  # 3 classes, separable in the input
+    params = _init(PlainNet(classes=5), x)
+    common = dict(num_classes=3, trainable="all", seed=0, epochs=60, batch_size=10, num_bma=8)
+
+    def train_accuracy(method):
+        result = finetune_pretrained(PlainNet(classes=3), params, (x, y), method=method, **common)
+        probs = result.predict(x)
+        return float(jnp.mean(jnp.argmax(probs, -1) == y)), float(jnp.mean(probs.max(-1)))
+
+    sgd_acc, _ = train_accuracy("sgd")
+    mfvi_acc, mfvi_confidence = train_accuracy("mfvi")
+    assert sgd_acc > 0.8  # the task is learnable at this budget
+    assert mfvi_acc > sgd_acc - 0.15, (mfvi_acc, sgd_acc)
+    assert mfvi_confidence > 0.5  # not the near-uniform predictive of a pinned head

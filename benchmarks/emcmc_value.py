@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import time
@@ -47,6 +48,7 @@ from flatjax.experiment import (
     ExperimentConfig,
     run_experiment,
 )
+from flatjax.inference.loop import DivergenceError
 
 PAPER = {**REFERENCE_EMCMC, "eta": PAPER_ETA}
 #: base variants; suffixes -rR, -gwd0, -etaX modify them (see :func:`variant`)
@@ -155,7 +157,24 @@ def run(args) -> None:
                 **overrides,
             )
             start = time.perf_counter()
-            report = run_experiment(config, dataset, ood, shift_x=shifts, progress=False)
+            try:
+                report = run_experiment(config, dataset, ood, shift_x=shifts, progress=False)
+            except DivergenceError as err:  # recorded (and reported), never silent
+                record = {
+                    "variant": name,
+                    "seed": seed,
+                    "epochs": args.epochs,
+                    "data": args.data,
+                    "num_train": int(dataset.x_train.shape[0]),
+                    "seconds": time.perf_counter() - start,
+                    "config": {**dataclasses.asdict(config), "hidden": list(config.hidden)},
+                    "sets": {},
+                    "diverged": str(err),
+                }
+                with path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(f"[emcmc_value] {name} seed {seed} {args.epochs} ep: DIVERGED: {err}")
+                continue
             record = {
                 "variant": name,
                 "seed": seed,
@@ -266,6 +285,12 @@ def report(args) -> str:
     )
     md += table(["variant (set)", "epochs", "grads/chain", "seeds", *[c[1] for c in cols]], rows)
     md += "\n" + paired(records, args.against) + "\n" + restarts(records)
+    diverged = [r for r in records if r.get("diverged")]
+    if diverged:
+        md += "\nRuns that diverged (excluded from the tables above):\n\n" + table(
+            ["variant", "epochs", "seed", "error"],
+            [[r["variant"], str(r["epochs"]), str(r["seed"]), r["diverged"]] for r in diverged],
+        )
     out = RESULTS / f"emcmc_value_{args.tag}.md"
     out.write_text(md)
     plot(groups, RESULTS / f"emcmc_value_{args.tag}.png")

@@ -36,7 +36,7 @@ import math
 import numbers
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,9 +61,11 @@ __all__ = [
     "PROBE_INPUTS",
     "REFERENCE_EMCMC",
     "ExperimentConfig",
+    "PreparedRun",
     "build_method",
     "chain_diagnostics",
     "check_dataset",
+    "prepare_run",
     "run_experiment",
     "swag_bma",
     "swag_schedule",
@@ -564,6 +566,80 @@ def check_dataset(dataset: Any) -> None:
             )
 
 
+class PreparedRun(NamedTuple):
+    """Everything :func:`run_experiment` builds before its ``loop.run`` call.
+
+    ``config`` has ``eta`` resolved (the default or the ``"auto"`` proposal);
+    ``state`` holds ``config.chains`` chains initialised exactly as the experiment
+    initialises them, so a custom loop over the same seed starts where it starts.
+    """
+
+    config: ExperimentConfig
+    apply_fn: Callable
+    grad_fn: Callable
+    kernel: Any
+    state: Any
+    step_size: Any
+    temperature: Any
+    collect: Callable[[int], bool]
+    run_key: jax.Array
+    steps_per_epoch: int
+    eta_proposal: Any = None
+
+
+def prepare_run(config: ExperimentConfig, dataset: Any) -> PreparedRun:
+    """Model, gradient estimator, kernel, initial chains and schedules of an experiment.
+
+    The same objects :func:`run_experiment` runs (it calls this), for users who drive
+    :func:`flatjax.inference.loop.run` themselves (e.g. to stop at a given epoch or
+    trace extra quantities).
+
+    Examples
+    --------
+    >>> from flatjax.data import load_digits
+    >>> run = prepare_run(ExperimentConfig(method="sgld", chains=2, epochs=2), load_digits())
+    >>> jax.tree.leaves(run.state)[0].shape[0], run.steps_per_epoch
+    (2, 22)
+    """
+    x_train = jnp.asarray(dataset.x_train)
+    n = int(x_train.shape[0])
+    config.validate(n)
+    model_kwargs = {"features": config.hidden} if config.model == "mlp" else MODELS[config.model]
+    model = make_model(config.model, dataset.num_classes, **model_kwargs)
+    apply_fn = glue.linen_apply(model)
+    loglik = glue.categorical_loglikelihood(apply_fn)
+    logprior = glue.gaussian_logprior(n * config.weight_decay)
+    grad_fn = glue.grad_estimator(logprior, loglik, n)
+    rows = config.batch_size * (config.inner_steps if "entropy" in config.method else 1)
+    steps_per_epoch = n // rows
+    init_key, run_key = jax.random.split(jax.random.key(config.seed))
+    init_keys = jax.random.split(init_key, config.chains)
+    params = jax.vmap(lambda k: model.init(k, x_train[:1])["params"])(init_keys)
+    proposal = None
+    if config.eta == "auto" and config.method.startswith("emcmc"):
+        proposal = propose_experiment_eta(
+            config, apply_fn, jax.tree.map(lambda a: a[0], params), dataset, steps_per_epoch
+        )
+        config = dataclasses.replace(config, eta=proposal.eta)
+    elif config.eta is None:
+        config = dataclasses.replace(config, eta=default_eta(config, n))
+    kernel, step_size, temperature, collect = build_method(config, grad_fn, n, steps_per_epoch)
+    state = jax.vmap(kernel.init)(params)
+    return PreparedRun(
+        config,
+        apply_fn,
+        grad_fn,
+        kernel,
+        state,
+        step_size,
+        temperature,
+        collect,
+        run_key,
+        steps_per_epoch,
+        proposal,
+    )
+
+
 def run_experiment(
     config: ExperimentConfig,
     dataset: Any,
@@ -635,30 +711,12 @@ def _run_experiment(
     x_train = jnp.asarray(dataset.x_train)
     y_train = jnp.asarray(dataset.y_train)
     n = int(x_train.shape[0])
-    config.validate(n)
-    model_kwargs = {"features": config.hidden} if config.model == "mlp" else MODELS[config.model]
-    model = make_model(config.model, dataset.num_classes, **model_kwargs)
-    apply_fn = glue.linen_apply(model)
-    loglik = glue.categorical_loglikelihood(apply_fn)
-    logprior = glue.gaussian_logprior(n * config.weight_decay)
-    grad_fn = glue.grad_estimator(logprior, loglik, n)
-    rows = config.batch_size * (config.inner_steps if "entropy" in config.method else 1)
-    steps_per_epoch = n // rows
+    prepared = prepare_run(config, dataset)
+    config, apply_fn, kernel, state = (prepared.config, prepared.apply_fn, *prepared[3:5])
+    step_size, temperature, collect, run_key, steps_per_epoch, proposal = prepared[5:]
     key = jax.random.key(config.seed)
-    init_key, run_key = jax.random.split(key)
     is_swag = config.method == "swag"
-    init_keys = jax.random.split(init_key, config.chains)
-    params = jax.vmap(lambda k: model.init(k, x_train[:1])["params"])(init_keys)
-    proposal = None
-    if config.eta == "auto" and config.method.startswith("emcmc"):
-        proposal = propose_experiment_eta(
-            config, apply_fn, jax.tree.map(lambda a: a[0], params), dataset, steps_per_epoch
-        )
-        config = dataclasses.replace(config, eta=proposal.eta)
-    elif config.eta is None:
-        config = dataclasses.replace(config, eta=default_eta(config, n))
-    kernel, step_size, temperature, collect = build_method(config, grad_fn, n, steps_per_epoch)
-    state = jax.vmap(kernel.init)(params)
+    rows = config.batch_size * (config.inner_steps if "entropy" in config.method else 1)
 
     predict = lambda p, x: jax.nn.softmax(apply_fn(p, x))
     trace_x, trace_y = x_train[:512], y_train[:512]

@@ -98,3 +98,19 @@ def test_report_includes_only_runs_of_the_same_protocol(tmp_path, monkeypatch):
     assert notes == [
         "1 runs from `emcmc_value_long.jsonl` included (1 under another protocol skipped)"
     ]
+
+
+@pytest.mark.slow
+def test_restart_divergence_quick(tmp_path):
+    env = {**os.environ, "FLATJAX_BENCH_RESULTS": str(tmp_path)}
+    argv = [sys.executable, "-m", "benchmarks.restart_divergence", "--quick"]
+    argv += ["--variants", "csgld,emcmc-default"]
+    subprocess.run(argv, cwd=ROOT, env=env, check=True, timeout=300, capture_output=True)
+    result = json.loads((tmp_path / "restart_divergence_quick.json").read_text())
+    runs = result["records"]
+    assert [r["variant"] for r in runs] == ["csgld", "emcmc-default"]
+    for r in runs:  # lambda_1 traced per epoch and chain, through the first restart
+        assert len(r["lambda_1_trace"]) == r["restart_epoch"] + 1
+        assert all(v > 0 for v in r["lr_lambda_1"])
+    assert runs[0]["coupling_lr_curvature"] == 0.0 < runs[1]["coupling_lr_curvature"]
+    assert "lr λ1" in (tmp_path / "restart_divergence_quick.md").read_text()

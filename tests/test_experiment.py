@@ -11,6 +11,7 @@ from flatjax.data import Dataset, load_digits, make_ood
 from flatjax.experiment import (
     METHODS,
     ExperimentConfig,
+    prepare_run,
     run_experiment,
     swag_bma,
     swag_schedule,
@@ -294,3 +295,35 @@ def test_chain_diagnostics_say_why_when_a_run_has_too_few_draws(digits):
     d = report["sets"]["theta"]["chains"]
     assert d["max_rhat"] is None and d["num_draws"] == 1
     assert "draws per chain" in d["note"]
+
+
+def test_prepare_run_is_what_run_experiment_runs(digits):
+    """A custom loop.run over prepare_run's objects retraces run_experiment's chains."""
+    from flatjax.inference import loop
+
+    config = ExperimentConfig(method="emcmc", **{**TINY, "cycles": 2, "collect_last": 1})
+    report = run_experiment(config, digits, progress=False)
+    run = prepare_run(config, digits)
+    assert run.config.eta == report["config"]["eta"] and run.steps_per_epoch == 1437 // 128
+    x, y = jnp.asarray(digits.x_train), jnp.asarray(digits.y_train)
+
+    def nll(p):  # run_experiment's trace: mean NLL on the first 512 training rows
+        probs = jax.nn.softmax(run.apply_fn(p, x[:512]))
+        return -jnp.mean(jnp.log(jnp.take_along_axis(probs, y[:512, None], 1) + 1e-12))
+
+    result = loop.run(
+        run.kernel,
+        run.state,
+        (x, y),
+        run.run_key,
+        num_epochs=config.epochs,
+        batch_size=config.batch_size,
+        step_size=run.step_size,
+        temperature=run.temperature,
+        collect=run.collect,
+        trace_fn=lambda p: {"nll": nll(p)},
+        progress=False,
+    )
+    np.testing.assert_allclose(
+        np.asarray(result.trace["nll"]), np.asarray(report["trace"]["nll"]), rtol=1e-5
+    )

@@ -52,7 +52,7 @@ def run_case(name: str, seed: int, dataset, args) -> dict:
         cycles=args.cycles,
         hidden=tuple(args.hidden),
         seed=seed,
-        **{**variant(name), "schedule": "cyclical"},
+        **{**variant(name), "schedule": "cyclical", **({"lr": args.lr} if args.lr else {})},
     )
     run = prepare_run(config, dataset)
     config = run.config
@@ -143,6 +143,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     p.add_argument("--variants", default="csgld,sgd-ref,emcmc-default,emcmc-default-r1")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
+    p.add_argument("--tag", default="", help="suffix of the results file")
     args = p.parse_args(argv)
     if args.quick:
         args.data, args.epochs, args.cycles, args.chains = "digits", 4, 2, 2
@@ -184,7 +186,8 @@ def main(argv=None) -> None:
         ],
         summary_rows(records),
     )
-    write("restart_divergence", args.quick, {"records": records, "args": vars(args)}, md)
+    name = "restart_divergence" + (f"_{args.tag}" if args.tag else "")
+    write(name, args.quick, {"records": records, "args": vars(args)}, md)
     print(md)
 
 

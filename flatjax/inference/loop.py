@@ -112,6 +112,35 @@ def _divergence_cause(step: Callable, step_size: Any, num_steps: int) -> str:
     )
 
 
+def _restart_cause(step_size: Any, epoch: int, steps_per_epoch: int) -> str:
+    """Names a jump of a step-size schedule (a cyclical restart) inside ``epoch``, or ``""``.
+
+    A restart takes a chain that settled at a near-zero step back to the schedule's
+    peak: where the loss is sharper than the new step tolerates (gradient descent needs
+    ``step * lambda_max < 2`` on the scale the step multiplies) the chain is thrown out;
+    most recover (a catapult), some diverge (``benchmarks/restart_divergence.py``).
+    Never raises.
+    """
+    if not callable(step_size):
+        return ""
+    try:
+        first = max(epoch * steps_per_epoch - 1, 0)
+        ks = jnp.arange(first, (epoch + 1) * steps_per_epoch)
+        steps = np.asarray(jax.vmap(step_size)(ks), np.float64)
+        ratios = steps[1:] / np.maximum(steps[:-1], np.finfo(np.float64).tiny)
+        k = int(np.argmax(ratios)) if ratios.size else 0
+    except Exception:
+        return ""
+    if not ratios.size or ratios[k] < 10.0:
+        return ""
+    return (
+        f" The step size jumped from {steps[k]:.3g} to {steps[k + 1]:.3g} at global step "
+        f"{first + k + 1} (a restart of the schedule): a chain that settled where the "
+        "loss is sharper than the new step tolerates is thrown out there. Lower the "
+        "schedule's peak, or keep the other chains' samples with on_divergence='stop'."
+    )
+
+
 def every(thin: int, burn_in: int = 0) -> Callable[[int], bool]:
     """Collect after epoch ``e`` when ``e >= burn_in`` and ``(e - burn_in + 1) % thin == 0``.
 
@@ -667,7 +696,8 @@ def run(
                         f"Lower the step size or check the model and data."
                         + _divergence_cause(
                             algorithm.step, step_size, (epoch + 1) * (n // rows_per_step)
-                        ),
+                        )
+                        + _restart_cause(step_size, epoch, n // rows_per_step),
                         done,
                     )
                 return done

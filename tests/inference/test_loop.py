@@ -182,6 +182,23 @@ def test_divergence_names_epoch_and_chain_and_keeps_samples(problem):
     assert np.isfinite(result.samples["theta"]["w"]).all()
 
 
+def test_divergence_at_a_schedule_restart_is_named(problem):
+    """A step that jumps back up (a cyclical restart) inside the diverging epoch is named;
+    a schedule that was already large is not blamed on a restart."""
+    x, y, grad_fn, params, _ = problem
+    sgld = blackjax.sgld(grad_fn)
+    spe = x.shape[0] // 32
+    restart = lambda step: jnp.where(step < spe + 1, 1e-4, 1e20)  # jumps in epoch 1
+    args = dict(num_epochs=3, batch_size=32, collect=loop.every(1), progress=False)
+    init = stack_chains(params, 2)
+    with pytest.raises(loop.DivergenceError, match="during epoch 1") as info:
+        loop.run(sgld, init, (x, y), jax.random.key(0), step_size=restart, **args)
+    assert f"jumped from 0.0001 to 1e+20 at global step {spe + 1}" in str(info.value)
+    with pytest.raises(loop.DivergenceError) as info:
+        loop.run(sgld, init, (x, y), jax.random.key(0), step_size=1e20, **args)
+    assert "jumped" not in str(info.value)
+
+
 def test_collection_rules():
     rule = loop.last_epochs_of_cycles(200, 4, 2)
     assert [e for e in range(200) if rule(e)] == [48, 49, 98, 99, 148, 149, 198, 199]

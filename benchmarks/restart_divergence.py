@@ -186,7 +186,8 @@ def main(argv=None) -> None:
         ],
         summary_rows(records),
     )
-    name = "restart_divergence" + (f"_{args.tag}" if args.tag else "")
+    # a dot would be taken for the file's suffix
+    name = "restart_divergence" + (f"_{args.tag}".replace(".", "p") if args.tag else "")
     write(name, args.quick, {"records": records, "args": vars(args)}, md)
     print(md)
 

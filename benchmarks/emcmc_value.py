@@ -7,9 +7,14 @@ name says. The design separates the coupling from the schedule:
 ===================  ======================  ==========================
                      constant step           cyclical cosine (4 cycles)
 ===================  ======================  ==========================
-no coupling          ``sgld``                ``csgld`` (the same cycles)
+no coupling          ``sgld``                ``sgld-cyc`` (the same cycles)
 coupling (EMCMC)     ``emcmc-const[-r..]``   ``emcmc[-r..]``
 ===================  ======================  ==========================
+
+``csgld`` is cyclical SGLD as Zhang et al. run it: the same cycles with the first half
+of each (``ExperimentConfig.exploration``) at temperature 0, an exploration phase the
+Entropy-MCMC runs do not have; ``sgld-cyc`` keeps the noise on throughout, so it is the
+cell that differs from ``emcmc`` only by the coupling.
 
 plus the reference protocol's SGD (``sgd-ref``: no momentum, the same cyclical
 schedule, collected like the samplers), the tuned SGD (momentum 0.9, cosine decay)

@@ -4,8 +4,10 @@ A small CNN and a ResNet-18 with filter response normalisation are pretrained on
 (seed 0) on a source task that exists offline, Fashion-MNIST classes 0-4 (train split),
 and their weights saved to a cache outside git (``~/.cache/flatjax/pretrained`` or
 ``--cache``; the pretraining is skipped when the checkpoint exists). Each network is
-then fine-tuned on 10 shots per class of Fashion-MNIST classes 5-9 (a new label space:
-the head is re-initialised) with :func:`flatjax.transfer.finetune_pretrained` and
+then fine-tuned on 10 shots per class of Fashion-MNIST classes 5-9 (a new label space of
+the same width: the grids ``cnn``, ``resnet18``, ``cnn-all`` keep the pretrained head as
+the starting point, ``*-reinit`` re-initialise it) with
+:func:`flatjax.transfer.finetune_pretrained` and
 SA-BMA, SGD, SAM, bSAM, SWAG and MOPED-VI, for 3 seeds (the seed draws the few-shot
 and validation shots and the fine-tuning randomness; the pretrained network is the
 same). Scored on the test split of classes 5-9 (a seeded subsample) before and after
@@ -110,8 +112,16 @@ def budget(quick: bool) -> dict:
                 model="resnet18", kwargs=dict(norm="frn", width=8), trainable="norm_and_head"
             ),
             "cnn-all": dict(model="cnn", kwargs={}, trainable="all"),
+            # the same with the head re-initialised (a new label space) instead of kept
+            "cnn-reinit": dict(model="cnn", kwargs={}, trainable="norm_and_head", reinit=True),
+            "resnet18-reinit": dict(
+                model="resnet18",
+                kwargs=dict(norm="frn", width=8),
+                trainable="norm_and_head",
+                reinit=True,
+            ),
         },
-        default_grids=("cnn", "resnet18", "cnn-all"),
+        default_grids=("cnn", "resnet18", "cnn-all", "cnn-reinit", "resnet18-reinit"),
         pretrain=dict(epochs=2, batch=128, lr=1e-3, num_source=15000),
         finetune=dict(epochs=40, num_bma=8),
         num_test=1500,
@@ -324,6 +334,7 @@ def one_run(name, grid, params, target, sets, clean, shifted, method, seed, b) -
             trainable=grid["trainable"],
             seed=seed,
             config=config,
+            reinit_head=grid.get("reinit", False),
         )
         jax.block_until_ready(jax.tree.leaves(result.samples))
     train_seconds = time.perf_counter() - start
@@ -496,7 +507,10 @@ def report(quick: bool, results: pathlib.Path) -> dict | None:
     bud = first["budget"]
     md.append(
         f"Source: {first['task'].split(' 0-4')[0]} classes 0-4 (train split), target: classes "
-        f"5-9 (a new label space: the head is re-initialised, variance 1e-5). Each network is "
+        f"5-9 (a new label space of the same width: grids `cnn`, `resnet18`, `cnn-all` start "
+        f"from the pretrained head, as `finetune_pretrained` does when `num_classes` equals "
+        f"its width; `*-reinit` re-initialise it, mean 0 and variance 1e-5, "
+        f"`reinit_head=True`). Each network is "
         f"pretrained once (Adam, seed 0) and cached outside git; then 10 shots per class "
         f"(50 images) are fine-tuned through `flatjax.transfer.finetune_pretrained` for "
         f"{bud['finetune']['epochs']} epochs (batch 10, lr 0.05, the library's defaults "

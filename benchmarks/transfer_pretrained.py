@@ -388,8 +388,14 @@ def run_grids(
     results: pathlib.Path,
     cache: pathlib.Path,
     seeds: list[int] | None = None,
+    methods: list[str] | None = None,
+    finetune: dict | None = None,
 ) -> None:
     b = budget(quick)
+    if methods is not None:
+        b["methods"] = tuple(methods)
+    if finetune:  # TransferConfig overrides, recorded with every run's budget
+        b["finetune"] = {**b["finetune"], **finetune}
     if seeds is not None:
         b = {**b, "seeds": tuple(seeds)}
     path = paths(quick, results)
@@ -705,6 +711,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", default=None, help="checkpoint folder (outside git)")
     parser.add_argument("--results", default=None, help="results folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="a subset of seeds")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    parser.add_argument(
+        "--set",
+        default="{}",
+        help="JSON dict of TransferConfig overrides, e.g. '{\"rho\": 0.0}' (use with --results)",
+    )
     args = parser.parse_args(argv)
     results = pathlib.Path(args.results) if args.results else _common.RESULTS
     if not args.report:
@@ -714,7 +726,16 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown grid(s) {unknown}; choose from {sorted(b['grids'])}")
         start = time.perf_counter()
-        run_grids(args.quick, grids, results, cache_dir(args.cache), args.seeds)
+        methods = args.methods.split(",") if args.methods else None
+        run_grids(
+            args.quick,
+            grids,
+            results,
+            cache_dir(args.cache),
+            args.seeds,
+            methods,
+            json.loads(args.set),
+        )
         print(f"  {NAME}: {time.perf_counter() - start:.0f} s", flush=True)
     report(args.quick, results)
 

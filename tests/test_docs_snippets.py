@@ -19,7 +19,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RUNNABLE_PAGES = ["docs/guide/nnx.md"]
 #: (page, "## heading"): sections of pages that are otherwise fragments, run on their own
-RUNNABLE_SECTIONS = [("docs/guide/sabma.md", "## From your own pretrained network")]
+RUNNABLE_SECTIONS = [
+    ("docs/guide/sabma.md", "## From your own pretrained network"),
+    ("docs/guide/run_loop.md", "## Driving the loop yourself"),
+]
 
 RUNNER = """
 import re, sys

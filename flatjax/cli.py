@@ -248,7 +248,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         (
             "--exploration",
             non_negative,
-            "cSGLD/cSGHMC: noiseless fraction at the start of each cycle",
+            "noiseless fraction at the start of each cycle (cyclical schedule; default: "
+            "0.5 for cSGLD/cSGHMC, 0 for the others; a number applies to every method)",
         ),
         ("--friction", _number(0.0), "SGHMC momentum decay per step (1 - momentum)"),
         ("--inner-steps", _positive_int, "Entropy-SGD/SGLD inner SGLD steps (gradients per step)"),

@@ -63,6 +63,7 @@ __all__ = [
     "ExperimentConfig",
     "PreparedRun",
     "build_method",
+    "exploration_fraction",
     "chain_diagnostics",
     "check_dataset",
     "prepare_run",
@@ -116,6 +117,9 @@ class ExperimentConfig:
     which doubles theta's), and ``eta=None`` is the paper's ``4e-4`` raised to
     ``(1 + r) lr / N`` where the step needs it (:func:`default_eta`); ``eta="auto"``
     proposes it from the loss curvature (:func:`propose_experiment_eta`).
+    ``exploration=None`` gives cSGLD/cSGHMC their noiseless first half of each cycle and
+    every other method none; a number applies to every method on the cyclical schedule
+    (:func:`exploration_fraction`).
     """
 
     method: str = "emcmc"
@@ -134,7 +138,7 @@ class ExperimentConfig:
     noise: str = "gaussian"
     cycles: int = 4
     collect_last: int = 2
-    exploration: float = 0.5
+    exploration: float | None = None
     friction: float = 0.1
     inner_steps: int = 5
     seed: int = 0
@@ -247,7 +251,7 @@ class ExperimentConfig:
                 f"collects in {self.epochs} epochs (one per epoch over the second half): "
                 f"lower `swag_rank` or raise `epochs` to >= {2 * self.swag_rank - 1}"
             )
-        if not 0 <= self.exploration < 1:
+        if self.exploration is not None and not 0 <= self.exploration < 1:
             raise ValueError(f"`exploration` must be in [0, 1), got {self.exploration!r}")
         if not 0 < self.friction <= 1:
             raise ValueError(f"`friction` must be in (0, 1], got {self.friction!r}")
@@ -284,6 +288,28 @@ class ExperimentConfig:
             )
 
 
+#: cSGLD/cSGHMC's noiseless share of each cycle when ``exploration`` is ``None``
+CSG_EXPLORATION = 0.5
+
+
+def exploration_fraction(config: ExperimentConfig) -> float:
+    """The noiseless (temperature 0) share at the start of each cycle of a cyclical run.
+
+    ``config.exploration=None`` is each method's own: Zhang et al.'s 0.5 for cSGLD and
+    cSGHMC, 0 for every other method (noise on throughout). A number applies to every
+    method on the cyclical schedule, e.g. Entropy-MCMC with cSGLD's exploration phase,
+    which also makes each restart noise-free (``benchmarks/restart_divergence.py``).
+
+    >>> exploration_fraction(ExperimentConfig(method="csgld"))
+    0.5
+    >>> exploration_fraction(ExperimentConfig(method="emcmc", exploration=0.5))
+    0.5
+    """
+    if config.exploration is not None:
+        return float(config.exploration)
+    return CSG_EXPLORATION if config.method in ("csgld", "csghmc") else 0.0
+
+
 def build_method(
     config: ExperimentConfig, grad_fn: Callable, data_size: int, steps_per_epoch: int
 ) -> tuple[Any, Callable, Callable, Callable[[int], bool]]:
@@ -303,7 +329,7 @@ def build_method(
     friction = config.friction
     kind = config.schedule_kind
     if kind == "cyclical":
-        explore = config.exploration if method in ("csgld", "csghmc") else 0.0
+        explore = exploration_fraction(config)
         cyc = schedules.cyclical_schedule(
             base, total_steps=total, num_cycles=config.cycles, exploration_fraction=explore
         )

@@ -11,6 +11,8 @@ from flatjax.data import Dataset, load_digits, make_ood
 from flatjax.experiment import (
     METHODS,
     ExperimentConfig,
+    build_method,
+    exploration_fraction,
     prepare_run,
     run_experiment,
     swag_bma,
@@ -327,3 +329,19 @@ def test_prepare_run_is_what_run_experiment_runs(digits):
     np.testing.assert_allclose(
         np.asarray(result.trace["nll"]), np.asarray(report["trace"]["nll"]), rtol=1e-5
     )
+
+
+def test_exploration_is_each_methods_own_unless_given():
+    """None: cSGLD's noiseless half, none for Entropy-MCMC; a number applies to both."""
+    assert exploration_fraction(ExperimentConfig(method="csgld")) == 0.5
+    assert exploration_fraction(ExperimentConfig(method="emcmc")) == 0.0
+    grad_fn = lambda p, b: p  # noqa: E731 (never called)
+    steps = 10  # per epoch; 4 epochs, 2 cycles of 20 steps
+    for explore, zero_steps in ((None, []), (0.5, [*range(10), *range(20, 30)])):
+        config = ExperimentConfig(method="emcmc", epochs=4, cycles=2, exploration=explore)
+        _, _, temperature, _ = build_method(config, grad_fn, 1000, steps)
+        temps = np.asarray([float(temperature(k)) for k in range(40)])
+        assert np.flatnonzero(temps == 0.0).tolist() == zero_steps
+        np.testing.assert_allclose(temps[temps > 0], config.temperature, rtol=1e-6)
+    with pytest.raises(ValueError, match="exploration"):
+        ExperimentConfig(method="emcmc", exploration=1.0).validate()

@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from benchmarks import noise_paths
 
@@ -17,6 +18,7 @@ def test_unrolled_threefry_is_jax_threefry():
     np.testing.assert_array_equal(normal, jax.random.normal(key, (1001,)))
 
 
+@pytest.mark.slow  # a benchmark smoke run (35 s); bit-identity is tested above
 def test_noise_paths_quick(tmp_path, capsys):
     result = noise_paths.main(["--quick", "--out", str(tmp_path)])
     capsys.readouterr()

@@ -24,6 +24,7 @@ def checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # 29 s; CI runs the slow tests after the default suite
 def test_pretrain_then_transfer_pretrained_end_to_end(checkpoint, tmp_path, capsys):
     argv = ["transfer", "--pretrained", str(checkpoint), "--model", "mlp", *HIDDEN]
     argv += ["--target", "digits:5-9", "--method", "sgd,sabma", "--reinit-head", *FEW]

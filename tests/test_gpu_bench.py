@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from benchmarks import gpu
 
 
+@pytest.mark.slow  # 30 s; CI runs the slow tests after the default suite
 def test_gpu_benchmark_quick_runs_on_cpu(tmp_path, capsys):
     result = gpu.main(["--quick", "--out", str(tmp_path)])
     capsys.readouterr()

@@ -737,9 +737,10 @@ def _run_experiment(
     x_train = jnp.asarray(dataset.x_train)
     y_train = jnp.asarray(dataset.y_train)
     n = int(x_train.shape[0])
-    prepared = prepare_run(config, dataset)
-    config, apply_fn, kernel, state = (prepared.config, prepared.apply_fn, *prepared[3:5])
-    step_size, temperature, collect, run_key, steps_per_epoch, proposal = prepared[5:]
+    run = prepare_run(config, dataset)
+    config, apply_fn, kernel, state = run.config, run.apply_fn, run.kernel, run.state
+    step_size, temperature, collect = run.step_size, run.temperature, run.collect
+    run_key, steps_per_epoch, proposal = run.run_key, run.steps_per_epoch, run.eta_proposal
     key = jax.random.key(config.seed)
     is_swag = config.method == "swag"
     rows = config.batch_size * (config.inner_steps if "entropy" in config.method else 1)

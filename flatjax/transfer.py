@@ -74,7 +74,7 @@ TRANSFER_METHODS: dict[str, str] = {
 
 #: heavy-ball momentum (EMA form) of the pretraining and of every fine-tuning method
 MOMENTUM = 0.9
-#: prior sd of re-initialised (head) leaves in the variational methods' KL terms
+#: MFVI's prior sd on re-initialised (head) leaves: SA-BMA's KL prior N(0, 1)
 FRESH_PRIOR_STD = 1.0
 
 
@@ -462,7 +462,7 @@ def finetune_posterior(
             damping=1e-3,
             draw=backbone,
             kl_weight=config.weight_decay,
-            prior_variance=FRESH_PRIOR_STD**2,
+            prior_variance=1.0,
         )
         result = run(kernel, kernel.init(q0), step_size=config.lr)
         q = jax.tree.map(lambda a: a[0], result.state.q)

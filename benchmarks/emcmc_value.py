@@ -20,7 +20,8 @@ plus the reference protocol's SGD (``sgd-ref``: no momentum, the same cyclical
 schedule, collected like the samplers), the tuned SGD (momentum 0.9, cosine decay)
 and SWAG. ``-rR`` sets the guide's step ratio, ``-gwd0`` removes the weight decay on
 the guide (the paper's exact joint), ``-gwd`` copies theta's (the reference code),
-``-exp0.5`` gives the run cSGLD's noiseless first half of each cycle,
+``-exp0.5`` gives the run cSGLD's noiseless first half of each cycle, ``-wu0.5`` a
+linear step-size ramp over the first half epoch of every cycle (``cycle_warmup``),
 ``-eta0.004`` sets eta and ``-etaauto`` lets :func:`flatjax.sgmcmc.eta_rule.propose_eta`
 choose it.
 
@@ -95,6 +96,8 @@ def variant(name: str) -> dict:
             out["schedule"] = "constant" if part == "const" else "cyclical"
         elif m := re.fullmatch(r"exp([0-9.]+)", part):  # a noiseless start of each cycle
             out["exploration"] = float(m.group(1))
+        elif m := re.fullmatch(r"wu([0-9.]+)", part):  # a ramp into every cycle, epochs
+            out["cycle_warmup"] = float(m.group(1))
         elif part == "etaauto":
             out["eta"] = "auto"
         elif m := re.fullmatch(r"eta([0-9.]+)", part):

@@ -251,6 +251,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
             "noiseless fraction at the start of each cycle (cyclical schedule; default: "
             "0.5 for cSGLD/cSGHMC, 0 for the others; a number applies to every method)",
         ),
+        (
+            "--cycle-warmup",
+            non_negative,
+            "epochs of linear step-size ramp at the start of every cycle instead of a jump "
+            "(cyclical schedule; guards the restarts against divergence; default: %(default)s)",
+        ),
         ("--friction", _number(0.0), "SGHMC momentum decay per step (1 - momentum)"),
         ("--inner-steps", _positive_int, "Entropy-SGD/SGLD inner SGLD steps (gradients per step)"),
         ("--rho", non_negative, "SAM: radius of the ascent step"),
@@ -1050,6 +1056,7 @@ def _config(args: argparse.Namespace, method: str) -> ExperimentConfig:
         cycles=args.cycles,
         collect_last=args.collect_last,
         exploration=args.exploration,
+        cycle_warmup=args.cycle_warmup,
         friction=args.friction,
         inner_steps=args.inner_steps,
         seed=args.seed,

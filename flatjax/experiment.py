@@ -139,6 +139,7 @@ class ExperimentConfig:
     cycles: int = 4
     collect_last: int = 2
     exploration: float | None = None
+    cycle_warmup: float = 0.0
     friction: float = 0.1
     inner_steps: int = 5
     seed: int = 0
@@ -253,6 +254,15 @@ class ExperimentConfig:
             )
         if self.exploration is not None and not 0 <= self.exploration < 1:
             raise ValueError(f"`exploration` must be in [0, 1), got {self.exploration!r}")
+        if not (
+            isinstance(self.cycle_warmup, numbers.Real)
+            and math.isfinite(self.cycle_warmup)
+            and 0 <= self.cycle_warmup < self.epochs / self.cycles
+        ):
+            raise ValueError(
+                f"`cycle_warmup` must be a number of epochs in [0, epochs / cycles = "
+                f"{self.epochs / self.cycles:g}), got {self.cycle_warmup!r}"
+            )
         if not 0 < self.friction <= 1:
             raise ValueError(f"`friction` must be in (0, 1], got {self.friction!r}")
         cyclical = self.schedule_kind == "cyclical"
@@ -331,7 +341,11 @@ def build_method(
     if kind == "cyclical":
         explore = exploration_fraction(config)
         cyc = schedules.cyclical_schedule(
-            base, total_steps=total, num_cycles=config.cycles, exploration_fraction=explore
+            base,
+            total_steps=total,
+            num_cycles=config.cycles,
+            exploration_fraction=explore,
+            warmup_steps=round(config.cycle_warmup * steps_per_epoch),
         )
         step_size = cyc.step_size
         temperature = lambda k: jnp.where(cyc.is_exploration(k), 0.0, config.temperature)

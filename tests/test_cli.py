@@ -97,6 +97,8 @@ def test_compare_sam_and_swag(tmp_path):
         (["run", "--schedule", "linear"], "--schedule"),
         (["run", "--noise", "uniform"], "--noise"),
         (["run", "--guide-step-ratio", "0"], "--guide-step-ratio"),
+        (["run", "--cycle-warmup", "-1"], "--cycle-warmup"),
+        (["run", "--epochs", "4", "--cycles", "2", "--cycle-warmup", "3"], "--cycle-warmup"),
         (["run", "--lr", "0.5", "--eta", "4e-4", "--guide-step-ratio", "10"], "guide_step_ratio"),
     ],
 )
@@ -232,8 +234,10 @@ def test_eta_auto_and_the_new_flags_reach_the_config():
     args = build_parser().parse_args(
         ["run", "--eta", "auto", "--guide-step-ratio", "10", "--schedule", "constant"]
         + ["--guide-weight-decay", "0", "--noise", "rademacher", "--momentum", "0"]
+        + ["--cycle-warmup", "0.5"]
     )
     config = _config(args, "emcmc")
     assert config.eta == "auto" and config.guide_step_ratio == 10.0
     assert config.schedule == "constant" and config.guide_weight_decay == 0.0
     assert config.noise == "rademacher" and config.momentum == 0.0
+    assert config.cycle_warmup == 0.5

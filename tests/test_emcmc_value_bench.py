@@ -35,6 +35,7 @@ def test_variant_names_map_to_config_overrides():
     assert variant("emcmc-default") == {"method": "emcmc"}
     assert variant("emcmc-default-const") == {"method": "emcmc", "schedule": "constant"}
     assert variant("emcmc-default-exp0.5") == {"method": "emcmc", "exploration": 0.5}
+    assert variant("sgld-cyc-wu0.5")["cycle_warmup"] == 0.5
     assert variant("emcmc-r1-gwd-eta0.0004")["guide_weight_decay"] is None
     assert variant("sgd-ref")["momentum"] == 0.0
     with pytest.raises(ValueError, match="suffix"):

@@ -1,5 +1,6 @@
 """``run_experiment`` with the SAM and SWAG baselines, and several OOD sets at once."""
 
+import dataclasses
 import math
 
 import jax
@@ -329,6 +330,25 @@ def test_prepare_run_is_what_run_experiment_runs(digits):
     np.testing.assert_allclose(
         np.asarray(result.trace["nll"]), np.asarray(report["trace"]["nll"]), rtol=1e-5
     )
+
+
+def test_cycle_warmup_ramps_every_restart_of_the_run():
+    """`cycle_warmup` epochs of linear ramp at the start of every cycle, nothing else moved."""
+    grad_fn = lambda p, b: p  # noqa: E731 (never called)
+    steps = 10  # per epoch; 4 epochs, 2 cycles of 20 steps
+    ramped = ExperimentConfig(method="emcmc", epochs=4, cycles=2, cycle_warmup=0.5)
+    plain = dataclasses.replace(ramped, cycle_warmup=0.0)
+    _, lr_ramped, _, collect_r = build_method(ramped, grad_fn, 1000, steps)
+    _, lr_plain, _, collect_p = build_method(plain, grad_fn, 1000, steps)
+    got = np.asarray([float(lr_ramped(k)) for k in range(40)])
+    want = np.asarray([float(lr_plain(k)) for k in range(40)])
+    ramp = np.minimum(1.0, (np.arange(40) % 20 + 1) / 5)  # 0.5 epoch = 5 steps
+    np.testing.assert_allclose(got, want * ramp, rtol=1e-6)
+    assert got[20] < 0.25 * want[20]  # the restart no longer jumps to the peak
+    assert [collect_r(e) for e in range(4)] == [collect_p(e) for e in range(4)]
+    for bad in (-0.1, 2.0, float("nan")):  # a cycle is 2 epochs
+        with pytest.raises(ValueError, match="cycle_warmup"):
+            dataclasses.replace(ramped, cycle_warmup=bad).validate()
 
 
 def test_exploration_is_each_methods_own_unless_given():

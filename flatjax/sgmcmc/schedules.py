@@ -15,6 +15,14 @@ The reference code uses :math:`\lfloor K/M \rfloor`: identical when :math:`M` di
 (temperature 0, i.e. SGD), followed by a *sampling* stage at temperature :math:`T`;
 samples are collected near the end of each cycle, where the step size is smallest.
 
+Optionally the first :math:`W` steps of every cycle ramp the step size up linearly,
+:math:`\alpha_k \cdot \min(1, (p + 1)/W)` with :math:`p = k \bmod C`
+(``warmup_steps``). A cycle ends where the step size is small and the iterate has
+settled in a sharp spot (:math:`h \lambda_1` above 2 at the restart's step on the
+mean loss); jumping straight back to :math:`\alpha_0` makes the next step unstable
+there (a "catapult") and can diverge. A short ramp lets the chain leave the sharp spot
+while the step is still stable.
+
 Everything here is a pure ``step -> value`` function of an integer step (a Python
 int or a traced array), so it can be used inside ``jit``/``lax.scan`` and as an
 optax schedule.
@@ -39,6 +47,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flatjax._util import check_nonnegative, check_positive, check_positive_int
 
@@ -70,13 +79,17 @@ def cycle_length(total_steps: int, num_cycles: int) -> int:
     return -(-total_steps // num_cycles)
 
 
-def cyclical_cosine_schedule(init_value: float, total_steps: int, num_cycles: int) -> Schedule:
+def cyclical_cosine_schedule(
+    init_value: float, total_steps: int, num_cycles: int, warmup_steps: int = 0
+) -> Schedule:
     """The cSGMCMC cyclical cosine step size as an optax-style schedule.
 
     ``schedule(k) = init_value / 2 * (cos(pi * (k mod C) / C) + 1)`` with
     ``C = ceil(total_steps / num_cycles)``: ``init_value`` at the first step of every
     cycle, decaying to ``init_value * (cos(pi (C-1)/C) + 1) / 2`` at its last. Steps
-    past ``total_steps`` keep cycling.
+    past ``total_steps`` keep cycling. With ``warmup_steps = W > 0`` the value at cycle
+    position ``p < W`` is multiplied by ``(p + 1) / W``: a linear ramp into every cycle
+    instead of a jump (see the module's docstring for why).
 
     Parameters
     ----------
@@ -86,6 +99,9 @@ def cyclical_cosine_schedule(init_value: float, total_steps: int, num_cycles: in
         Total number of steps :math:`K \\geq 1`.
     num_cycles
         Number of cycles :math:`1 \\leq M \\leq K`.
+    warmup_steps
+        Length :math:`W` of the linear ramp at the start of every cycle, an integer in
+        ``[0, C)``; ``0`` (default) is Zhang et al.'s schedule.
 
     Examples
     --------
@@ -94,15 +110,37 @@ def cyclical_cosine_schedule(init_value: float, total_steps: int, num_cycles: in
     >>> [round(float(schedule(k)), 6) for k in (0, 25, 50)]
     [0.01, 0.005, 0.01]
     >>> optimizer = optax.sgd(learning_rate=schedule)  # any optax schedule slot
+    >>> ramped = cyclical_cosine_schedule(1e-2, total_steps=100, num_cycles=2, warmup_steps=4)
+    >>> [round(float(ramped(k)), 6) for k in (50, 51, 53, 54)]
+    [0.0025, 0.004995, 0.009911, 0.009843]
     """
     init_value = check_positive("init_value", init_value)
     length = cycle_length(total_steps, num_cycles)
+    warmup = _check_warmup_steps(warmup_steps, length)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         position = jnp.mod(step, length)
-        return 0.5 * init_value * (jnp.cos(jnp.pi * position / length) + 1.0)
+        value = 0.5 * init_value * (jnp.cos(jnp.pi * position / length) + 1.0)
+        if warmup:
+            value = value * jnp.minimum(1.0, (position + 1) / warmup)
+        return value
 
     return schedule
+
+
+def _check_warmup_steps(warmup_steps: int, length: int) -> int:
+    """Validate a per-cycle warm-up length: an integer in ``[0, length)``.
+
+    >>> _check_warmup_steps(3, 10)
+    3
+    """
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)):
+        raise TypeError(f"`warmup_steps` must be an int, got {warmup_steps!r}")
+    if not 0 <= warmup_steps < length:
+        raise ValueError(
+            f"`warmup_steps` must be in [0, cycle length {length}), got {warmup_steps!r}"
+        )
+    return int(warmup_steps)
 
 
 class CyclicalSchedule(NamedTuple):
@@ -155,6 +193,7 @@ def cyclical_schedule(
     num_collect: int = 1,
     collect_every: int = 1,
     temperature: float = 1.0,
+    warmup_steps: int = 0,
 ) -> CyclicalSchedule:
     """Build the step size, temperature and collection predicates of cSGMCMC.
 
@@ -180,6 +219,9 @@ def cyclical_schedule(
         Entropy-MCMC).
     temperature
         Temperature of the sampling stage, >= 0.
+    warmup_steps
+        Linear ramp of the step size over the first ``warmup_steps`` steps of every
+        cycle (:func:`cyclical_cosine_schedule`); ``0`` (default): none.
 
     Raises
     ------
@@ -199,7 +241,7 @@ def cyclical_schedule(
     >>> float(sched.temperature(449)), float(sched.temperature(450))
     (0.0, 1.0)
     """
-    step_size = cyclical_cosine_schedule(init_value, total_steps, num_cycles)
+    step_size = cyclical_cosine_schedule(init_value, total_steps, num_cycles, warmup_steps)
     length = cycle_length(total_steps, num_cycles)
     beta = check_nonnegative("exploration_fraction", exploration_fraction)
     if not beta < 1:

@@ -53,6 +53,43 @@ def test_step_size_is_jittable_with_traced_step_and_works_in_optax():
         np.testing.assert_allclose(updates, -paper_formula(k, 1e-2, 100, 2), rtol=1e-6)
 
 
+@pytest.mark.parametrize("total, cycles, warmup", [(200, 4, 5), (30, 3, 1), (1000, 3, 100)])
+def test_warmup_ramps_every_cycle_then_follows_the_cosine(total, cycles, warmup):
+    schedule = schedules.cyclical_cosine_schedule(0.5, total, cycles, warmup_steps=warmup)
+    length = math.ceil(total / cycles)
+    steps = np.arange(2 * total)
+    ramp = np.minimum(1.0, (steps % length + 1) / warmup)
+    expected = [paper_formula(int(k), 0.5, total, cycles) for k in steps] * ramp
+    np.testing.assert_allclose(schedule(jnp.asarray(steps)), expected, rtol=1e-6, atol=1e-7)
+    # every cycle starts at lr0 / W instead of lr0, and is the plain cosine from step W on
+    starts = steps[steps % length == 0]
+    np.testing.assert_allclose(schedule(jnp.asarray(starts)), 0.5 / warmup, rtol=1e-6)
+    if warmup == 1:  # a one-step ramp is no ramp
+        plain = schedules.cyclical_cosine_schedule(0.5, total, cycles)
+        np.testing.assert_array_equal(schedule(steps), plain(steps))
+
+
+def test_cyclical_schedule_passes_its_warmup_to_the_step_size():
+    sched = schedules.cyclical_schedule(1.0, 40, 2, exploration_fraction=0.0, warmup_steps=4)
+    np.testing.assert_allclose(
+        [float(sched.step_size(k)) for k in (20, 21, 23)],
+        [0.25, 0.5 * (math.cos(math.pi / 20) + 1) / 2, 0.5 * (math.cos(3 * math.pi / 20) + 1)],
+        rtol=1e-6,
+    )
+    # the phases and collection are not moved by the ramp
+    plain = schedules.cyclical_schedule(1.0, 40, 2, exploration_fraction=0.0)
+    for k in range(40):
+        assert bool(sched.should_collect(k)) == bool(plain.should_collect(k))
+
+
+@pytest.mark.parametrize(
+    "warmup, exc", [(-1, ValueError), (5, ValueError), (2.0, TypeError), (True, TypeError)]
+)
+def test_warmup_validation(warmup, exc):
+    with pytest.raises(exc, match="warmup_steps"):
+        schedules.cyclical_cosine_schedule(0.1, 10, 2, warmup_steps=warmup)
+
+
 def test_phases_counts_and_temperature():
     sched = schedules.cyclical_schedule(
         0.5, total_steps=200, num_cycles=4, exploration_fraction=0.9, temperature=0.3

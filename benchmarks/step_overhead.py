@@ -288,18 +288,29 @@ def chains_benchmark(specs: list[tuple[Problem, str, Sequence[int], int]], round
             cases[f"{name}/vmap"], _ = compiled(
                 vmapped, states, keys, idx, step_sizes, problem.data
             )
-            # what the run loop does by default: groups of vmapped chains, in turn
+            # what the run loop does by default: groups of vmapped chains, each group its
+            # own program called from the host, the state sliced and concatenated around
+            # them (as `loop._grouped_epoch_runner` does every epoch)
             group = chains_per_group("auto", states)
             if group is None:
                 cases[f"{name}/auto"] = cases[f"{name}/vmap"]
             else:
+                group_fn = one if group == 1 else jax.jit(vmapped)
 
-                def grouped(s, k, i, h, d, run=run, group=group):
-                    return jax.lax.map(lambda t: run(*t, h, d), (s, k, i), batch_size=group)
+                def grouped(s=states, k=keys, i=idx, h=step_sizes, d=problem.data, g=group, n=c):
+                    parts = []
+                    for a in range(0, n, g):
+                        if g == 1:
+                            part = group_fn(*jax.tree.map(lambda x, a=a: x[a], (s, k, i)), h, d)
+                            part = jax.tree.map(lambda x: x[None], part)
+                        else:
+                            sl = jax.tree.map(lambda x, a=a: x[a : a + g], (s, k, i))
+                            part = group_fn(*sl, h, d)
+                        parts.append(part)
+                    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
-                cases[f"{name}/auto"], _ = compiled(
-                    grouped, states, keys, idx, step_sizes, problem.data
-                )
+                jax.block_until_ready(grouped())  # compiles, warms up
+                cases[f"{name}/auto"] = grouped
             per_chain = [
                 (jax.tree.map(lambda x, i=i: x[i], states), keys[i], idx[i]) for i in range(c)
             ]

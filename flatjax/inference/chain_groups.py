@@ -8,7 +8,8 @@ at every layer); it still pays for a small model, whose step is dominated by fix
 costs (loop iterations, kernel launches, one random-number loop per leaf) that a
 vmapped step pays once for all chains. :func:`chains_per_group` therefore groups
 chains on CPU so that a group holds about :data:`CPU_GROUP_PARAMS` parameters, and
-the run loop runs the groups one after another (``jax.lax.map(..., batch_size=k)``).
+the run loop runs the groups one after another (each group its own jitted program,
+called from the host).
 The constant comes from ``benchmarks/step_overhead.py`` (section "Chains").
 
 Examples

@@ -303,26 +303,14 @@ def _all_finite(state: Any) -> jax.Array:
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)]).all()
 
 
-def _run_epoch(
-    spec: _EpochSpec, state: Any, epoch: jax.Array, data: tuple, rng_key: PRNGKey
-) -> tuple[Any, jax.Array, dict]:
-    """Every chain's epoch ``epoch``; returns ``(state, finite per chain, traces)``."""
-    place = spec.place
-    num_chains = jax.tree.leaves(state)[0].shape[0]
-    keys = jax.random.split(jax.random.fold_in(rng_key, epoch), num_chains)
-    keys = place.constrain_chains(keys)
-    if spec.chains_per_group is None:
-        epoch_fn = jax.vmap(
-            lambda s, k: _chain_epoch(spec, s, k, epoch, data), spmd_axis_name=place.chain_axis
-        )
-        state = epoch_fn(state, keys)
-    else:  # groups of vmapped chains, one group after another
-        state = jax.lax.map(
-            lambda sk: _chain_epoch(spec, sk[0], sk[1], epoch, data),
-            (state, keys),
-            batch_size=spec.chains_per_group,
-        )
-    state = place.constrain_chains(state)
+def _epoch_keys(spec: _EpochSpec, rng_key: PRNGKey, epoch: jax.Array, chains: jax.Array):
+    """Each chain's key for epoch ``epoch`` (``chains``: any array with one row per chain)."""
+    keys = jax.random.split(jax.random.fold_in(rng_key, epoch), chains.shape[0])
+    return spec.place.constrain_chains(keys)
+
+
+def _epoch_summary(spec: _EpochSpec, state: Any) -> tuple[jax.Array, dict]:
+    """``(finite per chain, traces)`` of the state after an epoch."""
     finite = jax.vmap(_all_finite)(state)
     traces = {}
     if spec.trace_fn:
@@ -331,7 +319,61 @@ def _run_epoch(
             prefix = "" if name == "theta" else f"{name}/"
             out = jax.vmap(spec.trace_fn)(named[name])
             traces.update({prefix + k: v for k, v in out.items()})
-    return state, *place.constrain_replicated((finite, traces))
+    return spec.place.constrain_replicated((finite, traces))
+
+
+def _run_epoch(
+    spec: _EpochSpec, state: Any, epoch: jax.Array, data: tuple, rng_key: PRNGKey
+) -> tuple[Any, jax.Array, dict]:
+    """Every chain's epoch ``epoch``, all vmapped; returns ``(state, finite, traces)``."""
+    place = spec.place
+    keys = _epoch_keys(spec, rng_key, epoch, jax.tree.leaves(state)[0])
+    epoch_fn = jax.vmap(
+        lambda s, k: _chain_epoch(spec, s, k, epoch, data), spmd_axis_name=place.chain_axis
+    )
+    state = place.constrain_chains(epoch_fn(state, keys))
+    return state, *_epoch_summary(spec, state)
+
+
+def _group_epoch(
+    spec: _EpochSpec, state: Any, keys: jax.Array, epoch: jax.Array, data: tuple
+) -> Any:
+    """The epoch of one group of chains (vmapped; a group of one runs unbatched)."""
+    if jax.tree.leaves(state)[0].shape[0] == 1:
+        one = _chain_epoch(spec, jax.tree.map(lambda x: x[0], state), keys[0], epoch, data)
+        return jax.tree.map(lambda x: x[None], one)
+    return jax.vmap(lambda s, k: _chain_epoch(spec, s, k, epoch, data))(state, keys)
+
+
+def _grouped_epoch_runner(spec: _EpochSpec, num_chains: int) -> Callable:
+    """``run_epoch`` for groups of ``spec.chains_per_group`` chains, one after another.
+
+    Each group is its own jitted program, called from the host: on CPU a Python loop
+    over groups is faster than the same groups inside one program (``lax.map``), which
+    ran an MLP's single chains at 0.79-0.84x of separate programs
+    (``benchmarks/results/step_overhead.md``). The keys and therefore the samples are
+    those of the all-vmapped epoch (up to float reassociation).
+    """
+    size = spec.chains_per_group
+    bounds = [(a, min(a + size, num_chains)) for a in range(0, num_chains, size)]
+    keys_fn = _program(_epoch_keys, spec)
+    group_fn = _program(_group_epoch, spec)
+    summary_fn = _program(_epoch_summary, spec)
+    chains = np.zeros(num_chains, np.bool_)
+
+    def run_epoch(state, epoch, data, rng_key):
+        keys = keys_fn(rng_key, epoch, chains)
+        if len(bounds) > 1:
+            parts = [
+                group_fn(jax.tree.map(lambda x, a=a, b=b: x[a:b], state), keys[a:b], epoch, data)
+                for a, b in bounds
+            ]
+            state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+        else:
+            state = group_fn(state, keys, epoch, data)
+        return state, *summary_fn(state)
+
+    return run_epoch
 
 
 def _collect_sample(
@@ -543,9 +585,9 @@ def run(
     vectorize_chains
         How the chains share the hardware; the samples are the same either way (up to
         float reassociation). ``True``: all chains ``jax.vmap``-ped, the right choice on
-        accelerators. ``False``: one chain after another inside the same jitted epoch
-        (``jax.lax.map``). An integer ``k``: groups of ``k`` vmapped chains, one group
-        after another (``jax.lax.map(..., batch_size=k)``). ``"auto"`` (default):
+        accelerators. ``False``: one chain after another, each chain's epoch its own
+        jitted program called from the host. An integer ``k``: groups of ``k`` vmapped
+        chains, one group after another the same way. ``"auto"`` (default):
         :func:`chains_per_group` decides: everything vmapped on accelerators and with a
         ``mesh``; on CPU, groups of about :data:`CPU_GROUP_PARAMS` parameters, because
         there a vmapped step does the same arithmetic per chain (two cores leave no idle
@@ -614,23 +656,24 @@ def run(
     place = sharding_lib.placement(mesh, num_chains, batch_size)
     data = place.put_replicated(data)
     collect_epochs = [e for e in range(num_epochs) if collect(e)]
-    run_epoch = _program(
-        _run_epoch,
-        _EpochSpec(
-            step=algorithm.step,
-            step_size_fn=_as_schedule("step_size", step_size),
-            temperature_fn=_as_schedule("temperature", temperature),
-            trace_fn=trace_fn,
-            rows_per_step=rows_per_step,
-            batch_shape=(batch_size,)
-            if minibatches_per_step == 1
-            else (minibatches_per_step, batch_size),
-            single_array=single_array,
-            chains_per_group=group,
-            place=place,
-            trace_sets=trace_sets,
-        ),
+    epoch_spec = _EpochSpec(
+        step=algorithm.step,
+        step_size_fn=_as_schedule("step_size", step_size),
+        temperature_fn=_as_schedule("temperature", temperature),
+        trace_fn=trace_fn,
+        rows_per_step=rows_per_step,
+        batch_shape=(batch_size,)
+        if minibatches_per_step == 1
+        else (minibatches_per_step, batch_size),
+        single_array=single_array,
+        chains_per_group=group,
+        place=place,
+        trace_sets=trace_sets,
     )
+    if group is None:
+        run_epoch = _program(_run_epoch, epoch_spec)
+    else:
+        run_epoch = _grouped_epoch_runner(epoch_spec, num_chains)
     use_bma = predict_fn is not None and eval_x is not None
     if use_bma:
         eval_x = place.put_replicated(jnp.asarray(eval_x))

@@ -318,6 +318,24 @@ def flatness(result, grid_name: str) -> dict:
     return out
 
 
+def mean_only(result):
+    """``result`` with its BMA replaced by one sample at the mean of its Gaussian q.
+
+    ``None`` where the method has no q with a ``mean`` shaped like the samples (SGD,
+    SAM, bSAM, MFVI); SA-BMA, SWAG and F-SWAG have one."""
+    mean = getattr(result.q, "mean", None)
+    if mean is None or jax.tree.structure(mean) != jax.tree.structure(result.samples):
+        return None
+    samples = jax.tree.map(lambda m: jnp.asarray(m)[None], mean)
+    backbones = result.backbones
+    if result.per_sample_backbone:  # one sample: pair it with the frozen leaves' mean
+        backbones = jax.tree.map(lambda m: jnp.asarray(m)[None], result.frozen_mean)
+    stats = None if result.stats is None else jax.tree.map(lambda a: a[:1], result.stats)
+    return dataclasses.replace(
+        result, samples=samples, backbones=backbones, stats=stats, temperature=None
+    )
+
+
 def one_run(name, grid, params, target, sets, clean, shifted, method, seed, b) -> dict:
     x_tr, y_tr, x_val, y_val = sets
     model = make_model(grid["model"], target.num_classes, **grid["kwargs"])
@@ -342,6 +360,8 @@ def one_run(name, grid, params, target, sets, clean, shifted, method, seed, b) -
     result = result.with_temperature(jnp.asarray(x_val), jnp.asarray(y_val))
     scored = result.evaluate(*clean, batch_size=500)
     extra = {k: result.evaluate(*pair, batch_size=500) for k, pair in shifted.items()}
+    at_mean = mean_only(result)
+    mean_scored = None if at_mean is None else at_mean.evaluate(*clean, batch_size=500)["raw"]
     eval_seconds = time.perf_counter() - start
     start = time.perf_counter()
     flat = flatness(for_flatness(result, grid, int(target.num_classes), b["flat_samples"]), name)
@@ -357,6 +377,9 @@ def one_run(name, grid, params, target, sets, clean, shifted, method, seed, b) -
         "lambda_ratio": flat["lambda_1_over_lambda_k"],
         "lambda_samples": min(result.num_samples, b["flat_samples"]),
         "lambda_1_blocks": {k: v["lambda_1_mean"] for k, v in flat["blocks"].items()},
+        # the posterior's mean alone (methods with a Gaussian q): separates how well the
+        # mean is trained from what averaging over q's spread adds or costs
+        **({} if mean_scored is None else {f"mean_{k}": mean_scored[k] for k in KEYS}),
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "flat_seconds": flat_seconds,

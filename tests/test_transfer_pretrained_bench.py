@@ -41,6 +41,10 @@ def test_quick_run_is_cached_resumable_and_reported(tmp_path, capsys):
         assert r["lambda_1"] > 0 and set(r["lambda_1_blocks"]) == {"head"}
         assert {"nll_sev3", "nll_sev5", "accuracy_sev5", "ts_nll"} <= set(r)
         assert not r["pretrained"]["cached"]
+    sabma, sgd = records
+    assert 0.0 <= sabma["mean_accuracy"] <= 1.0 and sabma["mean_nll"] > 0  # at q's mean
+    assert sabma["mean_nll"] != sabma["nll"]  # one sample at the mean is not the BMA
+    assert "mean_nll" not in sgd  # no Gaussian q
     tp.main(argv)  # the second call finds the runs done (and the checkpoint cached)
     assert len(tp.read_records(results / "transfer_pretrained_quick.jsonl")) == 2
     capsys.readouterr()

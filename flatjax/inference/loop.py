@@ -345,6 +345,17 @@ def _group_epoch(
     return jax.vmap(lambda s, k: _chain_epoch(spec, s, k, epoch, data))(state, keys)
 
 
+def split_groups(tree: Any, bounds: tuple[tuple[int, int], ...]) -> list:
+    """``tree`` cut along its leading (chain) axis at ``bounds``; jit it (one dispatch)."""
+    return [jax.tree.map(lambda x, a=a, b=b: x[a:b], tree) for a, b in bounds]
+
+
+@jax.jit
+def concat_groups(parts: list) -> Any:
+    """The groups' states joined back along the chain axis (one dispatch)."""
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+
 def _grouped_epoch_runner(spec: _EpochSpec, num_chains: int) -> Callable:
     """``run_epoch`` for groups of ``spec.chains_per_group`` chains, one after another.
 
@@ -361,14 +372,13 @@ def _grouped_epoch_runner(spec: _EpochSpec, num_chains: int) -> Callable:
     summary_fn = _program(_epoch_summary, spec)
     chains = np.zeros(num_chains, np.bool_)
 
+    split_fn = jax.jit(functools.partial(split_groups, bounds=tuple(bounds)))
+
     def run_epoch(state, epoch, data, rng_key):
         keys = keys_fn(rng_key, epoch, chains)
         if len(bounds) > 1:
-            parts = [
-                group_fn(jax.tree.map(lambda x, a=a, b=b: x[a:b], state), keys[a:b], epoch, data)
-                for a, b in bounds
-            ]
-            state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+            parts = [group_fn(s, k, epoch, data) for s, k in split_fn((state, keys))]
+            state = concat_groups(parts)
         else:
             state = group_fn(state, keys, epoch, data)
         return state, *summary_fn(state)

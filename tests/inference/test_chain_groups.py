@@ -43,6 +43,12 @@ def test_auto_on_cpu_groups_by_parameter_count(params_per_chain, expected):
     assert chains_per_group("auto", _state(32, params_per_chain), backend="cpu") == expected
 
 
+def test_auto_runs_a_single_chain_unbatched_on_cpu():
+    assert chains_per_group("auto", _state(1, 650), backend="cpu") == 1
+    assert chains_per_group("auto", _state(1, 650), backend="gpu") is None
+    assert chains_per_group(True, _state(1, 650)) is None  # asked for: a vmap of one
+
+
 def test_auto_counts_every_leaf_of_the_kernel_state():
     # an Entropy-MCMC state holds theta and the guide: twice the parameters
     one = {"theta": jnp.zeros((8, CPU_GROUP_PARAMS // 4))}

@@ -645,7 +645,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cnn = make_problem("cnn", CNN(10), (28, 28, 1), 128, 4096, DATA_SIZE)
         part1 = per_step_benchmark([mlp, cnn, logreg], {"mlp": 20, "cnn": 4, "logreg": 300}, rounds)
         mid = make_problem("mlp_small", MLP((32,), 10), (784,), 128, 4096, DATA_SIZE)
-        specs = [(p, "emcmc", (1, 8, 32), n) for p, n in ((mlp, 8), (mid, 20), (logreg, 300))]
+        specs = [(p, "emcmc", (1, 8, 32), n) for p, n in ((mlp, 32), (mid, 20), (logreg, 300))]
         specs += [(logreg, "emcmc_rademacher", (32,), 300)]
         # what the vmapped-vs-sequential difference comes from
         specs += [(mlp, v, (8,), 2) for v in ("grad", "draw")]

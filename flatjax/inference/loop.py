@@ -350,6 +350,12 @@ def split_groups(tree: Any, bounds: tuple[tuple[int, int], ...]) -> list:
     return [jax.tree.map(lambda x, a=a, b=b: x[a:b], tree) for a, b in bounds]
 
 
+@functools.lru_cache(maxsize=16)
+def _split_program(bounds: tuple[tuple[int, int], ...]) -> Callable:
+    """``split_groups`` at ``bounds``, jitted once per distinct ``bounds``."""
+    return jax.jit(functools.partial(split_groups, bounds=bounds))
+
+
 @jax.jit
 def concat_groups(parts: list) -> Any:
     """The groups' states joined back along the chain axis (one dispatch)."""
@@ -371,8 +377,7 @@ def _grouped_epoch_runner(spec: _EpochSpec, num_chains: int) -> Callable:
     group_fn = _program(_group_epoch, spec)
     summary_fn = _program(_epoch_summary, spec)
     chains = np.zeros(num_chains, np.bool_)
-
-    split_fn = jax.jit(functools.partial(split_groups, bounds=tuple(bounds)))
+    split_fn = _split_program(tuple(bounds))
 
     def run_epoch(state, epoch, data, rng_key):
         keys = keys_fn(rng_key, epoch, chains)

@@ -1099,7 +1099,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from flatjax.inference.loop import DivergenceError
 
     print(f"[flatjax] results go to {out}", flush=True)
-    reports = []
+    reports, diverged = [], []
     for c in configs:
         print(
             f"[flatjax] {c.method}: {c.chains} chains x {c.epochs} epochs on {args.data} "
@@ -1119,11 +1119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         except DivergenceError as err:
-            sub.exit(3, f"{sub.prog}: {c.method} diverged: {err}\n")
+            # the other methods still run and are reported; the exit status says it
+            print(f"{sub.prog}: {c.method} diverged: {err}", file=sys.stderr, flush=True)
+            diverged.append(f"{c.method} diverged: {err}")
+            continue
         except (CheckpointError, ValueError) as err:
             _fail(sub, err)
         if "eta_proposal" in reports[-1]:
             print(f"[flatjax] {c.method}: {reports[-1]['eta_proposal']['reason']}", flush=True)
+    if not reports:
+        sub.exit(3, f"{sub.prog}: every method diverged:\n" + "\n".join(diverged) + "\n")
     print()
     print(format_table(reports))
     messages = chain_messages(reports)
@@ -1131,11 +1136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print("\n".join(messages))
     payload = {"command": args.command, "data": args.data, "ood": args.ood, "reports": reports}
+    if diverged:
+        payload["diverged"] = diverged
     out = _write_results(out, chosen, payload)
     written = [str(out / "results.json")]
     if not args.no_figures:
         written += write_figures(reports, out)
     print("\nwrote " + ", ".join(written))
+    if diverged:  # the finished methods are written above; the run still failed
+        sub.exit(3, f"{sub.prog}: " + "; ".join(diverged) + "\n")
     return 0
 
 

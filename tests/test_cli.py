@@ -57,6 +57,32 @@ def test_compare_runs_every_method_on_the_same_data(tmp_path, capsys):
     assert "entropy-sgd" in capsys.readouterr().out
 
 
+def test_compare_reports_the_other_methods_when_one_diverges(tmp_path, capsys, monkeypatch):
+    from flatjax import experiment
+    from flatjax.inference.loop import DivergenceError
+
+    real = experiment.run_experiment
+
+    def diverging_sgld(config, *args, **kwargs):
+        if config.method == "sgld":
+            raise DivergenceError("non-finite state (NaN/inf) in chain(s) [1] during epoch 1", None)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_experiment", diverging_sgld)
+    args = ["compare", "--methods", "sgld,sgd", *TINY, "--no-figures", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as info:
+        cli.main(args)
+    assert info.value.code == 3
+    captured = capsys.readouterr()
+    assert "sgld diverged: non-finite state" in captured.err
+    assert "sgd" in captured.out  # the table of the methods that finished
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["config"]["method"] for r in results["reports"]] == ["sgd"]
+    assert results["diverged"] == [
+        "sgld diverged: non-finite state (NaN/inf) in chain(s) [1] during epoch 1"
+    ]
+
+
 def test_compare_sam_and_swag(tmp_path):
     tiny = list(TINY)
     tiny[tiny.index("--epochs") + 1] = "4"  # SWAG collects epochs 2 and 3

@@ -289,6 +289,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "the cyclical cosine (same cycles and collection for all); default: auto",
     )
     g.add_argument(
+        "--on-divergence",
+        choices=("raise", "drop"),
+        default="raise",
+        help="a chain that turns NaN/inf: stop the method with an error (raise), or drop "
+        "it with its samples and go on with the other chains (drop; not with "
+        "--checkpoint-dir); default: raise",
+    )
+    g.add_argument(
         "--checkpoint-dir",
         default=None,
         help="checkpoint every epoch into DIR/<method> (atomic; see --resume; default: "
@@ -1116,6 +1124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     progress=args.progress,
                     checkpoint_dir=ckpt,
                     resume=args.resume,
+                    on_divergence=args.on_divergence,
                 )
             )
         except DivergenceError as err:
@@ -1125,6 +1134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         except (CheckpointError, ValueError) as err:
             _fail(sub, err)
+        for epoch, bad in reports[-1].get("dropped_chains", []):
+            print(
+                f"[flatjax] {c.method}: chain(s) {bad} diverged in epoch {epoch} and were "
+                f"dropped; the results are the other chains'",
+                flush=True,
+            )
         if "eta_proposal" in reports[-1]:
             print(f"[flatjax] {c.method}: {reports[-1]['eta_proposal']['reason']}", flush=True)
     if not reports:

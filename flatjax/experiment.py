@@ -697,6 +697,7 @@ def run_experiment(
     checkpoint_dir: str | None = None,
     resume: bool = False,
     mesh: jax.sharding.Mesh | None = None,
+    on_divergence: str = "raise",
 ) -> dict:
     """Train ``config.method`` on ``dataset`` and return metrics, traces and timings.
 
@@ -720,7 +721,9 @@ def run_experiment(
     ``checkpoint_dir`` the run is checkpointed every epoch and ``resume=True`` continues
     it (see :func:`flatjax.inference.loop.run`). With ``mesh`` the chains (and
     minibatches) are split over devices (:mod:`flatjax.inference.sharding`); the
-    metrics are the same up to float rounding.
+    metrics are the same up to float rounding. ``on_divergence`` is
+    :func:`flatjax.inference.loop.run`'s: ``"drop"`` removes chains that turn NaN and
+    reports the others (the report's ``"dropped_chains"`` lists ``[epoch, chains]``).
     """
     check_dataset(dataset)
     bar = None
@@ -737,6 +740,7 @@ def run_experiment(
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             mesh=mesh,
+            on_divergence=on_divergence,
         )
     finally:
         if bar is not None:
@@ -753,6 +757,7 @@ def _run_experiment(
     checkpoint_dir: str | None,
     resume: bool,
     mesh: jax.sharding.Mesh | None,
+    on_divergence: str,
 ) -> dict:
     """:func:`run_experiment` after the data check; ``bar``: a tqdm bar or ``None``."""
     x_train = jnp.asarray(dataset.x_train)
@@ -830,6 +835,7 @@ def _run_experiment(
         checkpoint_dir=checkpoint_dir,
         resume=resume,
         mesh=mesh,
+        on_divergence=on_divergence,
     )
     swag_report = None
     if is_swag:
@@ -872,6 +878,8 @@ def _run_experiment(
     }
     if swag_report is not None:
         report["swag"] = swag_report
+    if result.dropped:  # on_divergence="drop": the metrics are the surviving chains'
+        report["dropped_chains"] = [[e, list(c)] for e, c in result.dropped]
     if proposal is not None:
         report["eta_proposal"] = proposal._asdict()
     chains = chain_diagnostics(result.trace, result.collected_epochs, list(sets))

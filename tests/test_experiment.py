@@ -366,3 +366,46 @@ def test_exploration_is_each_methods_own_unless_given():
         np.testing.assert_allclose(temps[temps > 0], config.temperature, rtol=1e-6)
     with pytest.raises(ValueError, match="exploration"):
         ExperimentConfig(method="emcmc", exploration=1.0).validate()
+
+
+def _poison_chain_1(monkeypatch):
+    """Make `run_experiment`'s chain 1 start at NaN (every float leaf of its state)."""
+    from flatjax.inference import loop
+
+    real = loop.run
+
+    def poisoned(kernel, state, *args, **kwargs):
+        def nan_1(x):
+            return x.at[1].set(jnp.nan) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+        return real(kernel, jax.tree.map(nan_1, state), *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run", poisoned)
+
+
+def test_on_divergence_drop_reports_the_surviving_chains(digits, monkeypatch):
+    _poison_chain_1(monkeypatch)
+    config = ExperimentConfig(method="sgld", collect_last=1, **TINY)
+    with pytest.raises(FloatingPointError, match=r"chain\(s\) \[1\] during epoch 0"):
+        run_experiment(config, digits, progress=False)
+    with pytest.warns(RuntimeWarning, match="dropped"):
+        report = run_experiment(config, digits, progress=False, on_divergence="drop")
+    assert report["dropped_chains"] == [[0, [1]]]
+    theta = report["sets"]["theta"]
+    assert 0.5 < theta["accuracy"] <= 1.0 and math.isfinite(theta["nll"])
+    assert theta["chains"]["num_chains"] == 1
+
+
+def test_cli_on_divergence_drop_says_which_chains(tmp_path, monkeypatch, capsys):
+    from flatjax import cli
+
+    _poison_chain_1(monkeypatch)
+    args = ["run", "--method", "sgld", "--epochs", "2", "--chains", "2", "--hidden", "16"]
+    args += ["--batch-size", "128", "--no-progress", "--no-figures", "--out", str(tmp_path)]
+    with pytest.warns(RuntimeWarning, match="dropped"):
+        assert cli.main([*args, "--on-divergence", "drop"]) == 0
+    out = capsys.readouterr().out
+    assert "sgld: chain(s) [1] diverged in epoch 0 and were dropped" in out
+    with pytest.raises(SystemExit, match="2"):
+        cli.main([*args, "--on-divergence", "drop", "--checkpoint-dir", str(tmp_path / "c")])
+    assert "on_divergence" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -66,6 +67,12 @@ class RunResult(NamedTuple):
         The epochs after which samples were collected.
     diverged
         ``None``, or ``(epoch, chains)`` of the first non-finite state (policy "stop").
+    dropped
+        ``[(epoch, chains), ...]``: the chains removed by ``on_divergence="drop"``, by
+        their index in ``initial_state``; empty otherwise.
+    chain_ids
+        The index in ``initial_state`` of each chain of the result (``0 ..
+        num_chains - 1`` unless chains were dropped).
     """
 
     state: Any
@@ -74,6 +81,8 @@ class RunResult(NamedTuple):
     trace: dict
     collected_epochs: list[int]
     diverged: tuple[int, list[int]] | None = None
+    dropped: tuple[tuple[int, list[int]], ...] = ()
+    chain_ids: tuple[int, ...] = ()
 
 
 class DivergenceError(FloatingPointError):
@@ -137,7 +146,7 @@ def _restart_cause(step_size: Any, epoch: int, steps_per_epoch: int) -> str:
         f" The step size jumped from {steps[k]:.3g} to {steps[k + 1]:.3g} at global step "
         f"{first + k + 1} (a restart of the schedule): a chain that settled where the "
         "loss is sharper than the new step tolerates is thrown out there. Lower the "
-        "schedule's peak, or keep the other chains' samples with on_divergence='stop'."
+        "schedule's peak, or go on with the other chains with on_divergence='drop'."
     )
 
 
@@ -303,10 +312,12 @@ def _all_finite(state: Any) -> jax.Array:
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)]).all()
 
 
-def _epoch_keys(spec: _EpochSpec, rng_key: PRNGKey, epoch: jax.Array, chains: jax.Array):
-    """Each chain's key for epoch ``epoch`` (``chains``: any array with one row per chain)."""
+def _epoch_keys(
+    spec: _EpochSpec, rng_key: PRNGKey, epoch: jax.Array, ids: jax.Array, chains: jax.Array
+):
+    """The keys for epoch ``epoch`` of the chains ``ids`` of the ``len(chains)`` started."""
     keys = jax.random.split(jax.random.fold_in(rng_key, epoch), chains.shape[0])
-    return spec.place.constrain_chains(keys)
+    return spec.place.constrain_chains(keys[ids])
 
 
 def _epoch_summary(spec: _EpochSpec, state: Any) -> tuple[jax.Array, dict]:
@@ -323,11 +334,17 @@ def _epoch_summary(spec: _EpochSpec, state: Any) -> tuple[jax.Array, dict]:
 
 
 def _run_epoch(
-    spec: _EpochSpec, state: Any, epoch: jax.Array, data: tuple, rng_key: PRNGKey
+    spec: _EpochSpec,
+    state: Any,
+    epoch: jax.Array,
+    data: tuple,
+    rng_key: PRNGKey,
+    ids: jax.Array,
+    chains: jax.Array,
 ) -> tuple[Any, jax.Array, dict]:
     """Every chain's epoch ``epoch``, all vmapped; returns ``(state, finite, traces)``."""
     place = spec.place
-    keys = _epoch_keys(spec, rng_key, epoch, jax.tree.leaves(state)[0])
+    keys = _epoch_keys(spec, rng_key, epoch, ids, chains)
     epoch_fn = jax.vmap(
         lambda s, k: _chain_epoch(spec, s, k, epoch, data), spmd_axis_name=place.chain_axis
     )
@@ -376,11 +393,10 @@ def _grouped_epoch_runner(spec: _EpochSpec, num_chains: int) -> Callable:
     keys_fn = _program(_epoch_keys, spec)
     group_fn = _program(_group_epoch, spec)
     summary_fn = _program(_epoch_summary, spec)
-    chains = np.zeros(num_chains, np.bool_)
     split_fn = _split_program(tuple(bounds))
 
-    def run_epoch(state, epoch, data, rng_key):
-        keys = keys_fn(rng_key, epoch, chains)
+    def run_epoch(state, epoch, data, rng_key, ids, chains):
+        keys = keys_fn(rng_key, epoch, ids, chains)
         if len(bounds) > 1:
             parts = [group_fn(s, k, epoch, data) for s, k in split_fn((state, keys))]
             state = concat_groups(parts)
@@ -501,6 +517,8 @@ def _result(
     collect_epochs: list[int],
     epochs_done: int,
     diverged: tuple[int, list[int]] | None = None,
+    dropped: Sequence[tuple[int, list[int]]] = (),
+    chain_ids: np.ndarray | None = None,
 ) -> RunResult:
     """The :class:`RunResult` after ``epochs_done`` epochs."""
     collected = [e for e in collect_epochs if e < epochs_done]
@@ -508,7 +526,15 @@ def _result(
     if buffers is not None:
         samples = jax.tree.map(lambda b: b[: len(collected)], buffers)
     traces = {k: v[:epochs_done] for k, v in trace.items()}
-    return RunResult(state, samples, bmas, traces, collected, diverged)
+    if chain_ids is None:
+        chain_ids = np.arange(jax.tree.leaves(state)[0].shape[0])
+    ids = tuple(int(c) for c in chain_ids)
+    return RunResult(state, samples, bmas, traces, collected, diverged, tuple(dropped), ids)
+
+
+def _take_chains(tree: Any, keep: np.ndarray, axis: int = 0) -> Any:
+    """The chains ``keep`` of every leaf of ``tree`` (chain axis ``axis``); ``None`` stays."""
+    return jax.tree.map(lambda x: jnp.take(x, keep, axis=axis), tree)
 
 
 def run(
@@ -582,7 +608,12 @@ def run(
         ``N // (batch_size * L)`` steps, still one pass over the data.
     on_divergence
         ``"raise"`` (default): raise :class:`DivergenceError` naming the epoch and
-        chains, with the finished samples in ``.result``; ``"stop"``: return them.
+        chains, with the finished samples in ``.result``; ``"stop"``: return them;
+        ``"drop"``: remove the diverged chains, with every sample they gave, warn
+        (``RuntimeWarning``) and go on with the others, whose keys and samples are
+        those they have in a run without the dropped chains' divergence; the result's
+        ``dropped`` and ``chain_ids`` say which. When every chain diverges it raises.
+        Not with a ``mesh`` or a ``checkpoint_dir``.
     progress
         Show a per-epoch progress bar (default: only on a TTY outside CI).
     checkpoint_dir, checkpoint_every
@@ -641,8 +672,16 @@ def run(
             f"`vectorize_chains`={vectorize_chains!r} cannot be combined with a `mesh` "
             "(chains on a mesh are vmapped and split over its devices)"
         )
-    if on_divergence not in ("raise", "stop"):
-        raise ValueError(f"`on_divergence` must be 'raise' or 'stop', got {on_divergence!r}")
+    if on_divergence not in ("raise", "stop", "drop"):
+        raise ValueError(
+            f"`on_divergence` must be 'raise', 'stop' or 'drop', got {on_divergence!r}"
+        )
+    if on_divergence == "drop" and (mesh is not None or checkpoint_dir is not None):
+        raise ValueError(
+            "`on_divergence`='drop' changes the number of chains during the run, which a "
+            "`mesh` (chains split over devices) and a `checkpoint_dir` (a fixed state "
+            "layout) do not support; use 'stop' or 'raise' there"
+        )
     data, single_array = _as_data(data)
     n = data[0].shape[0]
     _positive_int("num_epochs", num_epochs)
@@ -685,10 +724,16 @@ def run(
         place=place,
         trace_sets=trace_sets,
     )
-    if group is None:
-        run_epoch = _program(_run_epoch, epoch_spec)
-    else:
-        run_epoch = _grouped_epoch_runner(epoch_spec, num_chains)
+
+    def make_runner(count: int) -> Callable:
+        if group is None:
+            return _program(_run_epoch, epoch_spec)
+        return _grouped_epoch_runner(epoch_spec, count)
+
+    run_epoch = make_runner(num_chains)
+    ids = np.arange(num_chains, dtype=np.int32)  # the chains still running
+    started = np.zeros(num_chains, np.bool_)  # one row per chain started (for the keys)
+    dropped: list[tuple[int, list[int]]] = []
     use_bma = predict_fn is not None and eval_x is not None
     if use_bma:
         eval_x = place.put_replicated(jnp.asarray(eval_x))
@@ -742,12 +787,40 @@ def run(
         bar = _progress_bar(num_epochs, next_epoch)
     try:
         for epoch in range(next_epoch, num_epochs):
-            new_state, finite, traces = run_epoch(state, epoch, data, rng_key)
+            new_state, finite, traces = run_epoch(state, epoch, data, rng_key, ids, started)
             finite = np.asarray(finite)
+            if not finite.all() and on_divergence == "drop" and finite.any():
+                keep = np.flatnonzero(finite)
+                bad = [int(c) for c in ids[~finite]]
+                warnings.warn(
+                    f"non-finite state (NaN/inf) in chain(s) {bad} during epoch {epoch}: "
+                    f"dropped with their samples (on_divergence='drop'); "
+                    f"{len(keep)} chain(s) go on",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                dropped.append((epoch, bad))
+                ids = ids[keep]
+                new_state, bmas = _take_chains((new_state, bmas), keep)
+                buffers = _take_chains(buffers, keep, axis=1)
+                traces = {k: np.asarray(v)[keep] for k, v in traces.items()}
+                trace = {k: v[:, keep] for k, v in trace.items()}
+                run_epoch = make_runner(len(ids))
+                finite = finite[keep]
             if not finite.all():
-                bad = [int(c) for c in np.flatnonzero(~finite)]
-                done = _result(state, buffers, bmas, trace, collect_epochs, epoch, (epoch, bad))
-                if on_divergence == "raise":
+                bad = [int(c) for c in ids[~finite]]
+                done = _result(
+                    state,
+                    buffers,
+                    bmas,
+                    trace,
+                    collect_epochs,
+                    epoch,
+                    (epoch, bad),
+                    dropped,
+                    ids,
+                )
+                if on_divergence != "stop":
                     raise DivergenceError(
                         f"non-finite state (NaN/inf) in chain(s) {bad} during epoch {epoch}; "
                         f"{len(done.collected_epochs)} sample(s) collected before it are kept. "
@@ -788,4 +861,4 @@ def run(
             bar.close()
         if checkpointer is not None:
             checkpointer.close()
-    return _result(state, buffers, bmas, trace, collect_epochs, num_epochs)
+    return _result(state, buffers, bmas, trace, collect_epochs, num_epochs, None, dropped, ids)

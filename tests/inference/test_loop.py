@@ -1,5 +1,7 @@
 """The run loop: equality with a hand-written loop, collection, BMA, divergence, errors."""
 
+from typing import NamedTuple
+
 import blackjax
 import jax
 import jax.numpy as jnp
@@ -318,3 +320,61 @@ def test_a_single_chain_runs_unbatched_with_the_vmapped_chains_numbers(problem):
         (a.samples, a.bma),
         (b.samples, b.bma),
     )
+
+
+class _Bomb(NamedTuple):
+    """A toy kernel: an AR(1) chain that turns NaN where ``bomb`` once the step is large."""
+
+    @staticmethod
+    def init(position):
+        return position
+
+    @staticmethod
+    def step(rng_key, state, minibatch, step_size, temperature=1.0):
+        w = 0.9 * state["w"] + 0.1 * jax.random.normal(rng_key, state["w"].shape)
+        w = jnp.where((state["bomb"] > 0) & (step_size > 0.5), jnp.nan, w)
+        return {"w": w, "bomb": state["bomb"]}
+
+
+def _bomb_run(bombs, **kwargs):
+    data = jnp.zeros((40, 1))  # batch 10: 4 steps per epoch; the step jumps in epoch 2
+    init = {"w": jnp.zeros((len(bombs), 3)), "bomb": jnp.asarray(bombs, jnp.float32)}
+    return loop.run(
+        _Bomb,
+        init,
+        data,
+        jax.random.key(1),
+        num_epochs=4,
+        batch_size=10,
+        step_size=lambda k: jnp.where(k < 8, 0.1, 1.0),
+        collect=loop.every(1),
+        sample_fn=lambda s: {"theta": s["w"]},
+        trace_fn=lambda s: {"norm": jnp.sum(s["w"] ** 2)},
+        progress=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("vectorize_chains", [True, False, 2])
+def test_drop_removes_diverged_chains_and_the_others_go_on_unchanged(vectorize_chains):
+    clean = _bomb_run([0, 0, 0, 0], vectorize_chains=vectorize_chains)
+    with pytest.warns(RuntimeWarning, match=r"chain\(s\) \[2\] during epoch 2: dropped"):
+        result = _bomb_run([0, 0, 1, 0], vectorize_chains=vectorize_chains, on_divergence="drop")
+    assert result.dropped == ((2, [2]),) and result.chain_ids == (0, 1, 3)
+    assert result.diverged is None and result.collected_epochs == [0, 1, 2, 3]
+    assert result.samples["theta"].shape == (4, 3, 3)
+    assert result.trace["norm"].shape == (4, 3)
+    # the survivors are the chains of the clean run, numbers and traces alike
+    keep = [0, 1, 3]
+    np.testing.assert_allclose(result.samples["theta"], clean.samples["theta"][:, keep])
+    np.testing.assert_allclose(result.trace["norm"], clean.trace["norm"][:, keep])
+    assert clean.chain_ids == (0, 1, 2, 3) and clean.dropped == ()
+
+
+def test_drop_raises_when_every_chain_diverges_and_refuses_what_it_cannot_do(tmp_path):
+    with pytest.raises(loop.DivergenceError, match=r"chain\(s\) \[0, 1\] during epoch 2"):
+        _bomb_run([1, 1], on_divergence="drop")
+    with pytest.raises(ValueError, match="on_divergence"):
+        _bomb_run([0, 0], on_divergence="drop", checkpoint_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="on_divergence"):
+        _bomb_run([0, 0], on_divergence="skip")

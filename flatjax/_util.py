@@ -246,13 +246,20 @@ def check_in_range(name: str, value, low: float, high: float) -> float:
     return v
 
 
-def check_positive_int(name: str, value) -> int:
-    """Return ``value`` as an int, or raise unless it is an integer >= 1."""
+def check_int_in_range(name: str, value, low: int, high: float = math.inf) -> int:
+    """Return ``value`` as an int, or raise unless it is an integer in ``[low, high)``."""
     if isinstance(value, bool) or not isinstance(value, int | jnp.integer):
         raise TypeError(f"`{name}` must be an integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {value!r}")
+    if value < low:
+        raise ValueError(f"`{name}` must be >= {low}, got {value!r}")
+    if value >= high:
+        raise ValueError(f"`{name}` must be < {high}, got {value!r}")
     return int(value)
+
+
+def check_positive_int(name: str, value) -> int:
+    """Return ``value`` as an int, or raise unless it is an integer >= 1."""
+    return check_int_in_range(name, value, 1)
 
 
 def concrete_or_none(value):

@@ -1129,8 +1129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except DivergenceError as err:
             # the other methods still run and are reported; the exit status says it
-            print(f"{sub.prog}: {c.method} diverged: {err}", file=sys.stderr, flush=True)
             diverged.append(f"{c.method} diverged: {err}")
+            print(f"{sub.prog}: {diverged[-1]}", file=sys.stderr, flush=True)
             continue
         except (CheckpointError, ValueError) as err:
             _fail(sub, err)

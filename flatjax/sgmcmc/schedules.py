@@ -47,9 +47,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from flatjax._util import check_nonnegative, check_positive, check_positive_int
+from flatjax._util import (
+    check_int_in_range,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+)
 
 __all__ = [
     "CyclicalSchedule",
@@ -116,7 +120,7 @@ def cyclical_cosine_schedule(
     """
     init_value = check_positive("init_value", init_value)
     length = cycle_length(total_steps, num_cycles)
-    warmup = _check_warmup_steps(warmup_steps, length)
+    warmup = check_int_in_range("warmup_steps", warmup_steps, 0, length)  # < cycle length
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
         position = jnp.mod(step, length)
@@ -126,21 +130,6 @@ def cyclical_cosine_schedule(
         return value
 
     return schedule
-
-
-def _check_warmup_steps(warmup_steps: int, length: int) -> int:
-    """Validate a per-cycle warm-up length: an integer in ``[0, length)``.
-
-    >>> _check_warmup_steps(3, 10)
-    3
-    """
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)):
-        raise TypeError(f"`warmup_steps` must be an int, got {warmup_steps!r}")
-    if not 0 <= warmup_steps < length:
-        raise ValueError(
-            f"`warmup_steps` must be in [0, cycle length {length}), got {warmup_steps!r}"
-        )
-    return int(warmup_steps)
 
 
 class CyclicalSchedule(NamedTuple):

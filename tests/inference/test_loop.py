@@ -281,11 +281,15 @@ def test_several_minibatches_per_step(problem):
         )
 
 
-@pytest.mark.parametrize("vectorize_chains", [False, 2, "auto"])
-def test_sequential_chains_give_the_same_samples(problem, vectorize_chains):
+@pytest.mark.parametrize(
+    "num_chains, vectorize_chains",
+    # on CPU "auto" vmaps 3 small chains and runs a single chain unbatched
+    [(3, False), (3, 2), (3, "auto"), (1, "auto")],
+)
+def test_sequential_chains_give_the_same_samples(problem, num_chains, vectorize_chains):
     x, y, grad_fn, params, predict = problem
     sampler = flatjax.emcmc(grad_fn, eta=0.05)
-    states = jax.vmap(sampler.init)(stack_chains(params, 3))
+    states = jax.vmap(sampler.init)(stack_chains(params, num_chains))
     args = dict(
         num_epochs=2,
         batch_size=32,
@@ -295,26 +299,10 @@ def test_sequential_chains_give_the_same_samples(problem, vectorize_chains):
         eval_x=x[:5],
         progress=False,
     )
-    a = loop.run(sampler, states, (x, y), jax.random.key(3), **args)
+    a = loop.run(sampler, states, (x, y), jax.random.key(3), vectorize_chains=True, **args)
     b = loop.run(
         sampler, states, (x, y), jax.random.key(3), vectorize_chains=vectorize_chains, **args
     )
-    jax.tree.map(
-        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6),
-        (a.samples, a.bma),
-        (b.samples, b.bma),
-    )
-
-
-def test_a_single_chain_runs_unbatched_with_the_vmapped_chains_numbers(problem):
-    """`auto` runs one chain without a vmap on CPU; same samples as a vmap of one."""
-    x, y, grad_fn, params, predict = problem
-    sampler = flatjax.emcmc(grad_fn, eta=0.05)
-    states = jax.vmap(sampler.init)(stack_chains(params, 1))
-    args = dict(num_epochs=2, batch_size=32, step_size=1e-3, collect=loop.every(1))
-    args |= dict(predict_fn=predict, eval_x=x[:5], progress=False)
-    a = loop.run(sampler, states, (x, y), jax.random.key(3), vectorize_chains=True, **args)
-    b = loop.run(sampler, states, (x, y), jax.random.key(3), **args)
     jax.tree.map(
         lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6),
         (a.samples, a.bma),

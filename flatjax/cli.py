@@ -255,7 +255,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
             "--cycle-warmup",
             non_negative,
             "epochs of linear step-size ramp at the start of every cycle instead of a jump "
-            "(cyclical schedule; guards the restarts against divergence; default: %(default)s)",
+            "(cyclical schedule; fewer chains diverge at restarts; default: %(default)s)",
         ),
         ("--friction", _number(0.0), "SGHMC momentum decay per step (1 - momentum)"),
         ("--inner-steps", _positive_int, "Entropy-SGD/SGLD inner SGLD steps (gradients per step)"),

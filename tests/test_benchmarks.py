@@ -69,3 +69,20 @@ def test_sabma_cost_smoke_times_the_mlp_and_the_resnet_transfer_step(tmp_path):
     assert {"sabma_mean", "sabma_exact5", "sabma_transfer"} <= targeted
     text = (tmp_path / "sabma_cost_quick.md").read_text()
     assert "**Per model.**" in text and "resnet4 (ResNet-18 (FRN" in text
+
+
+@pytest.mark.slow
+def test_compile_reuse_smoke_reruns_the_main_job_without_compiling(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.compile_reuse", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    result = json.loads((tmp_path / "compile_reuse_quick.json").read_text())
+    assert result["first"]["compiles"] > 0
+    assert [c["compiles"] for c in result["calls"]["reused"]] == [0, 0]
+    assert all(c["compiles"] > 0 for c in result["calls"]["recompiled"])
+    assert result["same_accuracy_every_call"]
+    assert (tmp_path / "compile_reuse_quick.md").exists()

@@ -1,0 +1,237 @@
+"""What SA-BMA's q learns on a pretrained network: its spread, and what the spread costs.
+
+A diagnostic for issue 16 (``benchmarks/transfer_pretrained.py`` has the comparison):
+for the re-initialised-head grids of that benchmark (same pretrained checkpoints, shots,
+seeds and budget), SA-BMA through ``finetune_pretrained`` at the default initial head
+variance ``alpha`` and at ``alpha / 100``, and SGD, recording
+
+* how far q's diagonal scale ``sigma`` and its low-rank columns ``C`` moved from their
+  initial values (MOPED-style, ``flatjax.transfer_pretrained``): final / initial, the
+  range over trainable leaves for ``sigma`` and the median for the RMS of ``C``;
+* the spread of the BMA: the standard deviation of the logits over the BMA samples on
+  300 test inputs (mean over inputs and classes);
+* test NLL of the BMA, of q's mean alone, and of SGD.
+
+Writes ``results/transfer_q_spread.{json,md}``. Needs the checkpoints that
+``python -m benchmarks.transfer_pretrained`` caches (it pretrains them if missing).
+
+Usage::
+
+    python -m benchmarks.transfer_q_spread                        # cnn-reinit, 3 seeds
+    python -m benchmarks.transfer_q_spread --grids resnet18-reinit --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import transfer_pretrained as tp
+from flatjax.nn import masks
+from flatjax.nn.models import make_model
+from flatjax.transfer import TransferConfig, few_shot_split, finetune_pretrained
+
+NAME = "transfer_q_spread"
+ALPHA_FACTORS = (1.0, 0.01)
+
+
+def initial_scales(params: dict, q, reinit: bool, config: TransferConfig, delta: float) -> dict:
+    """``{path: (sigma0, C0 scale)}``: ``finetune_pretrained``'s initial q (no source posterior)."""
+    pretrained = dict(zip(masks.leaf_paths(params), jax.tree.leaves(params), strict=True))
+    out = {}
+    for path in q.mean:
+        fresh = reinit and path.split("/")[0] == "head"
+        if fresh:
+            var = jnp.full(q.mean[path].shape, config.head_variance)
+        else:
+            var = jnp.maximum((delta * jnp.abs(pretrained[path])) ** 2, config.min_variance)
+        # q's diagonal part sigma^2 / 2 = var; C = 0.1 sqrt(var) N(0, 1)
+        out[path] = (jnp.sqrt(2.0 * var), 0.1 * jnp.sqrt(var))
+    return out
+
+
+def spread(
+    result, params: dict, reinit: bool, config: TransferConfig, x: jax.Array, delta: float
+) -> dict:
+    q = result.q
+    init = initial_scales(params, q, reinit, config, delta)
+    sigma = [float(jnp.mean(jnp.exp(q.log_scale[p]) / init[p][0])) for p in q.mean]
+    dev = [
+        float(jnp.sqrt(jnp.mean(q.deviations[p] ** 2)) / jnp.sqrt(jnp.mean(init[p][1] ** 2)))
+        for p in q.mean
+    ]
+    logits = jnp.stack(
+        [
+            result.apply_fn(
+                result.split.merge(
+                    jax.tree.map(lambda a, i=i: a[i], result.samples), result.backbones
+                ),
+                x,
+            )
+            for i in range(result.num_samples)
+        ]
+    )
+    return {
+        "sigma_ratio_min": min(sigma),
+        "sigma_ratio_max": max(sigma),
+        "dev_rms_ratio_median": float(np.median(dev)),
+        "dev_rms_final_median": float(
+            np.median([float(jnp.sqrt(jnp.mean(q.deviations[p] ** 2))) for p in q.mean])
+        ),
+        "logit_sd": float(logits.std(0).mean()),
+    }
+
+
+def run(
+    grids: list[str],
+    seeds: list[int],
+    factors: tuple[float, ...],
+    delta: float,
+    sabma_set: dict | None = None,
+) -> list[dict]:
+    sabma_set = sabma_set or {}
+    b = tp.budget(False)
+    source, target, _ = tp.tasks(b["data"])
+    clean, _ = tp.test_sets(target, {**b, "corruptions": ()})
+    x_spread = jnp.asarray(clean[0][:300])
+    rows = []
+    for grid_name in grids:
+        grid = b["grids"][grid_name]
+        params, _ = tp.pretrained(grid, source, b, tp.cache_dir(None), "fashion04")
+        model = make_model(grid["model"], target.num_classes, **grid["kwargs"])
+        reinit = grid.get("reinit", False)
+        for seed in seeds:
+            x_tr, y_tr, _, _ = few_shot_split(target, 10, 5, seed)
+            row = {"grid": grid_name, "seed": seed, "moped_delta": delta, "sabma_set": sabma_set}
+            base = TransferConfig(shots=10, val_shots=5, **b["finetune"])
+            for factor in (None, *factors):
+                method = "sgd" if factor is None else "sabma"
+                config = (
+                    base
+                    if factor is None
+                    else dataclasses.replace(
+                        base, head_variance=base.head_variance * factor, **sabma_set
+                    )
+                )
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    result = finetune_pretrained(
+                        model,
+                        params,
+                        (jnp.asarray(x_tr), jnp.asarray(y_tr)),
+                        method=method,
+                        num_classes=int(target.num_classes),
+                        trainable=grid["trainable"],
+                        seed=seed,
+                        config=config,
+                        reinit_head=reinit,
+                        moped_delta=delta,
+                    )
+                nll = result.evaluate(*clean, batch_size=500)["raw"]["nll"]
+                if factor is None:
+                    row["sgd_nll"] = nll
+                    continue
+                tag = f"alpha{factor:g}"
+                mean_nll = tp.mean_only(result).evaluate(*clean, batch_size=500)["raw"]["nll"]
+                row[tag] = {
+                    "head_variance": config.head_variance,
+                    "nll": nll,
+                    "mean_nll": mean_nll,
+                    **spread(result, params, reinit, config, x_spread, delta),
+                    "seconds": time.perf_counter() - start,
+                }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], b: dict) -> str:
+    out = [
+        "# What SA-BMA's q learns on a pretrained network (issue 16 diagnostic)",
+        "",
+        f"`python -m benchmarks.transfer_q_spread`: the re-initialised-head grids of "
+        f"`transfer_pretrained` (Fashion-MNIST 0-4 → 5-9, 10 shots, {b['finetune']['epochs']} "
+        f"epochs, {b['finetune']['num_bma']} BMA samples, the library's defaults otherwise), "
+        "SA-BMA at the default initial head variance alpha = 1e-5 and at alpha / 100 "
+        "(δ: `moped_delta`, the initial sd of pretrained leaves relative to |w|), and SGD. "
+        "σ ratio: final / initial diagonal scale of q, range over trainable leaves; C "
+        "ratio: final / initial RMS of q's low-rank columns, median over leaves; logit sd: "
+        "standard deviation of the logits over the BMA samples on 300 test inputs; NLL of "
+        "the BMA, of q's mean alone, and of SGD.",
+        "",
+        "| grid | seed | SA-BMA overrides | δ | alpha | σ ratio | C ratio | C RMS | logit sd | "
+        "NLL BMA | NLL mean | NLL SGD | BMA − mean | mean − SGD |",
+        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        for r in (v for k, v in row.items() if k.startswith("alpha")):
+            out.append(
+                f"| {row['grid']} | {row['seed']} | "
+                f"{', '.join(f'{k}={v:g}' for k, v in row.get('sabma_set', {}).items()) or '-'} | "
+                f"{row.get('moped_delta', 0.1):g} | "
+                f"{r['head_variance']:.0e} | "
+                f"{r['sigma_ratio_min']:.4f}-{r['sigma_ratio_max']:.4f} | "
+                f"{r['dev_rms_ratio_median']:.1f} | {r['dev_rms_final_median']:.4f} | "
+                f"{r['logit_sd']:.3f} | {r['nll']:.3f} | {r['mean_nll']:.3f} | "
+                f"{row['sgd_nll']:.3f} | {r['nll'] - r['mean_nll']:+.3f} | "
+                f"{r['mean_nll'] - row['sgd_nll']:+.3f} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grids", default="cnn-reinit", help="comma-separated grids")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--alpha-factors",
+        type=float,
+        nargs="+",
+        default=list(ALPHA_FACTORS),
+        help=f"initial head variance as multiples of the default (default {ALPHA_FACTORS})",
+    )
+    parser.add_argument(
+        "--sabma-set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=FLOAT",
+        help="TransferConfig overrides for SA-BMA only (e.g. weight_decay=0, rho=0)",
+    )
+    parser.add_argument(
+        "--moped-delta", type=float, default=0.1, help="finetune_pretrained's moped_delta"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results", help="folder"
+    )
+    args = parser.parse_args(argv)
+    path = args.out / f"{NAME}.json"
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    sabma_set = {k: float(v) for k, v in (item.split("=", 1) for item in args.sabma_set)}
+    rows = run(
+        args.grids.split(","), args.seeds, tuple(args.alpha_factors), args.moped_delta, sabma_set
+    )
+
+    def key(r):
+        return r["grid"], r["seed"], r.get("moped_delta", 0.1), str(r.get("sabma_set", {}))
+
+    keep = [r for r in old if key(r) not in {key(x) for x in rows}]
+    rows = keep + rows
+    b = tp.budget(False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"budget": b["finetune"], "rows": rows}, indent=1) + "\n")
+    text = markdown(rows, b)
+    (args.out / f"{NAME}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -461,7 +461,7 @@ def _class_spec(text: str) -> tuple[str, tuple[int, ...] | None]:
 
 
 def _add_transfer(sub) -> None:
-    from flatjax.transfer import TRANSFER_METHODS, TransferConfig
+    from flatjax.transfer import LR_SCHEDULES, TRANSFER_METHODS, TransferConfig
 
     d = TransferConfig()
     methods = ", ".join(f"{k} ({v})" for k, v in TRANSFER_METHODS.items())
@@ -517,6 +517,12 @@ def _add_transfer(sub) -> None:
         help="K, columns of the low-rank part (>= 2)",
     )
     p.add_argument("--lr", type=_number(0.0), default=d.lr, help="fine-tuning learning rate")
+    p.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=d.lr_schedule,
+        help="fine-tuning learning rate over the steps: constant, or cosine decay to 0",
+    )
     p.add_argument(
         "--rho",
         type=_number(0.0, low_open=False),
@@ -758,6 +764,7 @@ def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
                 val_shots=args.val_shots,
                 epochs=args.epochs,
                 lr=args.lr,
+                lr_schedule=args.lr_schedule,
                 rho=args.rho,
                 head_variance=args.head_variance,
                 backbone=args.backbone,

@@ -104,6 +104,7 @@ def test_variational_part_is_norm_layers_and_a_fresh_head(digits):
         ({"swag_epochs": 50}, "swag_epochs"),
         ({"min_variance": 0.0}, "min_variance"),
         ({"fisher": "kfac"}, "fisher"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
         ({"swag_epochs": 4, "swag_rank": 5}, "swag_epochs`=4 .*`swag_rank`=5"),
     ],
 )
@@ -143,6 +144,8 @@ def test_transfer_command_line(tmp_path, capsys):
         "2",
         "--hidden",
         "8",
+        "--lr-schedule",
+        "cosine",
         "--out",
         str(tmp_path),
     ]
@@ -151,6 +154,7 @@ def test_transfer_command_line(tmp_path, capsys):
     assert "lambda1" in out and "sgd" in out
     report = json.loads((tmp_path / "results.json").read_text())["reports"][0]
     assert report["config"]["shots"] == 3
+    assert report["config"]["lr_schedule"] == "cosine"
     with pytest.raises(SystemExit):
         cli.main(["transfer", "--source", "digits:x-y"])
     assert "classes" in capsys.readouterr().err
@@ -195,3 +199,29 @@ def test_sabma_with_the_diagonal_fisher_and_the_backbone_mean(digits):
     assert report["config"]["fisher"] == "diagonal"
     assert report["num_bma_samples"] == 3
     assert np.isfinite(report["test"]["nll"]) and report["lambda_1_mean"] > 0
+
+
+@pytest.mark.parametrize("method", ["sgd", "sabma"])
+def test_cosine_schedule_reaches_the_fine_tuning_loop(method, digits, monkeypatch):
+    from flatjax import transfer
+
+    seen = []
+    original = transfer.loop.run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["step_size"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transfer.loop, "run", spy)
+    source, target = digits  # 3 target classes x 3 shots: n = 9, batch 9, 1 step per epoch
+    config = TransferConfig(method=method, lr=0.03, lr_schedule="cosine", **TINY)
+    report = run_transfer(config, source, target)
+    assert np.isfinite(report["test"]["nll"])
+    step = seen[-1]  # the fine-tuning run (the source runs come first)
+    scale = 1.0 if method == "sabma" else 1.0 / 9
+    num_steps = TINY["epochs"]
+    np.testing.assert_allclose(float(step(0)), 0.03 * scale, rtol=1e-6)
+    np.testing.assert_allclose(
+        float(step(1)), 0.03 * scale * 0.5 * (1 + np.cos(np.pi / num_steps)), rtol=1e-5
+    )
+    assert float(step(num_steps)) == 0.0

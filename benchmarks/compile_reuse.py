@@ -25,14 +25,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from benchmarks._timing import machine_info, summary, write_results
@@ -40,24 +38,7 @@ from flatjax import cli
 from flatjax.experiment import run_experiment
 from flatjax.inference import compile_cache, loop
 
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 MAIN_JOB = ["run", "--method", "emcmc", "--data", "digits", "--model", "mlp", "--chains", "4"]
-
-
-@contextlib.contextmanager
-def count_compiles():
-    """Yield a list that collects the duration of every XLA compilation meanwhile."""
-    durations: list[float] = []
-
-    def listener(event: str, duration: float, **_) -> None:
-        if event == COMPILE_EVENT:
-            durations.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield durations
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def one_call(config, dataset, ood_x, clear: bool) -> dict:
@@ -65,7 +46,7 @@ def one_call(config, dataset, ood_x, clear: bool) -> dict:
     if clear:  # the loop's programs only: new jitted closures, no shared executables
         loop._cached_program.cache_clear()
         compile_cache.clear()
-    with count_compiles() as compiles:
+    with compile_cache.count_compiles() as compiles:
         wall, cpu = time.perf_counter(), time.process_time()
         report = run_experiment(config, dataset, ood_x, progress=False)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

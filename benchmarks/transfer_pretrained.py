@@ -336,25 +336,31 @@ def mean_only(result):
     )
 
 
-def one_run(name, grid, params, target, sets, clean, shifted, method, seed, b) -> dict:
-    x_tr, y_tr, x_val, y_val = sets
+def finetune(grid, params, target, train, method, seed, config, **kwargs):
+    """``finetune_pretrained`` on a grid's model (its head-only warning silenced)."""
     model = make_model(grid["model"], target.num_classes, **grid["kwargs"])
-    config = TransferConfig(shots=10, val_shots=5, **b["finetune"])
-    start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="trainable='norm_and_head'")
-        result = finetune_pretrained(
+        return finetune_pretrained(
             model,
             params,
-            (jnp.asarray(x_tr), jnp.asarray(y_tr)),
+            (jnp.asarray(train[0]), jnp.asarray(train[1])),
             method=method,
             num_classes=int(target.num_classes),
             trainable=grid["trainable"],
             seed=seed,
             config=config,
             reinit_head=grid.get("reinit", False),
+            **kwargs,
         )
-        jax.block_until_ready(jax.tree.leaves(result.samples))
+
+
+def one_run(name, grid, params, target, sets, clean, shifted, method, seed, b) -> dict:
+    x_tr, y_tr, x_val, y_val = sets
+    config = TransferConfig(shots=10, val_shots=5, **b["finetune"])
+    start = time.perf_counter()
+    result = finetune(grid, params, target, (x_tr, y_tr), method, seed, config)
+    jax.block_until_ready(jax.tree.leaves(result.samples))
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     result = result.with_temperature(jnp.asarray(x_val), jnp.asarray(y_val))

@@ -35,14 +35,18 @@ Examples
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 
-__all__ = ["MAX_PROGRAMS", "shared_jit", "clear"]
+__all__ = ["MAX_PROGRAMS", "shared_jit", "clear", "count_compiles"]
+
+#: JAX's monitoring event for one XLA backend compilation.
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 #: Executables kept by the process-wide cache.
 MAX_PROGRAMS = 32
@@ -131,3 +135,32 @@ def shared_jit(fn: Callable) -> Callable:
 
     call.__wrapped__ = fn
     return call
+
+
+@contextlib.contextmanager
+def count_compiles() -> Iterator[list[float]]:
+    """Collect the seconds of every XLA compilation made inside the ``with`` block.
+
+    Yields a list that receives one duration per backend compilation (JAX's monitoring
+    event :data:`COMPILE_EVENT`), from any thread, until the block exits.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> x = jnp.ones(7)
+    >>> with count_compiles() as compiles:
+    ...     _ = jax.jit(lambda x: x * 3.0 + 1.0)(x)
+    >>> len(compiles)
+    1
+    """
+    durations: list[float] = []
+
+    def listener(event: str, duration: float, **_: Any) -> None:
+        if event == COMPILE_EVENT:
+            durations.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield durations
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

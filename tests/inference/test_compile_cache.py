@@ -4,8 +4,6 @@ Compilations are counted with JAX's monitoring event for a backend compile, so t
 tests see every XLA compilation, whichever Python object asked for it.
 """
 
-import contextlib
-
 import blackjax
 import jax
 import jax.numpy as jnp
@@ -17,23 +15,7 @@ from flatjax.inference import compile_cache, loop
 from flatjax.nn import glue
 
 N, D, C = 64, 4, 3
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def count_compiles():
-    """Yields a list that receives one entry per XLA compilation inside the block."""
-    seen: list[float] = []
-
-    def listener(event, duration, **_):
-        if event == COMPILE_EVENT:
-            seen.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield seen
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
+count_compiles = compile_cache.count_compiles
 
 
 def make_data(seed):

@@ -128,7 +128,8 @@ def run(
             x_tr, y_tr, _, _ = few_shot_split(target, 10, 5, seed)
             row = {"grid": grid_name, "seed": seed, "moped_delta": delta, "sabma_set": sabma_set}
             base = TransferConfig(shots=10, val_shots=5, **b["finetune"])
-            for factor in (None, *factors):
+            # alpha is the initial variance of a re-initialised head only
+            for factor in (None, *(factors if reinit else factors[:1])):
                 method = "sgd" if factor is None else "sabma"
                 config = (
                     base

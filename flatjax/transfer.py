@@ -87,6 +87,21 @@ LR_SCHEDULES = ("constant", "cosine")
 def finetune_step_size(config: TransferConfig, num_steps: int, scale: float = 1.0) -> Any:
     """The fine-tuning step size ``scale * lr``, constant or cosine-decayed over ``num_steps``.
 
+    Parameters
+    ----------
+    config
+        Its ``lr`` and ``lr_schedule`` (one of :data:`LR_SCHEDULES`).
+    num_steps
+        Kernel steps of the whole fine-tuning run (``epochs * (n // batch_size)``): the
+        cosine schedule reaches 0 there.
+    scale
+        Factor on ``lr`` (``1 / n`` for kernels whose gradient is the log posterior's).
+
+    Returns
+    -------
+    float or optax.Schedule
+        What :func:`flatjax.inference.loop.run` takes as ``step_size``.
+
     Examples
     --------
     >>> schedule = finetune_step_size(TransferConfig(lr=0.1, lr_schedule="cosine"), num_steps=100)

@@ -530,6 +530,11 @@ def _add_transfer(sub) -> None:
         help="SA-BMA KL radius / SAM radius",
     )
     p.add_argument(
+        "--antithetic",
+        action="store_true",
+        help="SA-BMA: average each step over a draw and its mirror (2x the gradients)",
+    )
+    p.add_argument(
         "--head-variance",
         type=_number(0.0),
         default=d.head_variance,
@@ -766,6 +771,7 @@ def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
                 lr=args.lr,
                 lr_schedule=args.lr_schedule,
                 rho=args.rho,
+                antithetic=args.antithetic,
                 head_variance=args.head_variance,
                 backbone=args.backbone,
                 fisher=args.fisher,

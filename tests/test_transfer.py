@@ -105,6 +105,7 @@ def test_variational_part_is_norm_layers_and_a_fresh_head(digits):
         ({"min_variance": 0.0}, "min_variance"),
         ({"fisher": "kfac"}, "fisher"),
         ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"antithetic": 1}, "antithetic"),
         ({"swag_epochs": 4, "swag_rank": 5}, "swag_epochs`=4 .*`swag_rank`=5"),
     ],
 )
@@ -146,6 +147,7 @@ def test_transfer_command_line(tmp_path, capsys):
         "8",
         "--lr-schedule",
         "cosine",
+        "--antithetic",
         "--out",
         str(tmp_path),
     ]
@@ -155,6 +157,7 @@ def test_transfer_command_line(tmp_path, capsys):
     report = json.loads((tmp_path / "results.json").read_text())["reports"][0]
     assert report["config"]["shots"] == 3
     assert report["config"]["lr_schedule"] == "cosine"
+    assert report["config"]["antithetic"] is True
     with pytest.raises(SystemExit):
         cli.main(["transfer", "--source", "digits:x-y"])
     assert "classes" in capsys.readouterr().err

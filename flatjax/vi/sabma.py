@@ -227,6 +227,7 @@ def build_kernel(
     loss_takes_key: bool = False,
     relative_damping: float = 1e-3,
     draw: Callable[[PRNGKey], Any] | None = None,
+    antithetic: bool = False,
 ) -> Callable:
     """Build ``kernel(rng_key, state, minibatch, step_size) -> (state, info)``; see
     :func:`as_top_level_api` for the parameters."""
@@ -249,16 +250,24 @@ def build_kernel(
     if draw is not None and not callable(draw):
         raise TypeError(f"`draw` must be a callable draw(rng_key) or None, got {draw!r}")
     third = loss_takes_key or draw is not None
+    if not isinstance(antithetic, bool):
+        raise TypeError(f"`antithetic` must be a bool, got {antithetic!r}")
 
     mean_only = train == ("mean",)
 
-    def objective(trained: dict, q: LowRankGaussian, noise, extra, minibatch) -> jax.Array:
-        q = q._replace(**trained)
+    def expected_loss(q: LowRankGaussian, noise, extra, minibatch) -> jax.Array:
         if mean_only:  # noise is the draw's offset from the mean, computed once per step
             w = jax.tree.map(jnp.add, q.mean, noise)
         else:
             w = lrg.reparameterize(q, noise)
-        value = loss_fn(w, minibatch, extra) if third else loss_fn(w, minibatch)
+        return loss_fn(w, minibatch, extra) if third else loss_fn(w, minibatch)
+
+    def objective(trained: dict, q: LowRankGaussian, noise, extra, minibatch) -> jax.Array:
+        q = q._replace(**trained)
+        value = expected_loss(q, noise, extra, minibatch)
+        if antithetic:  # the mirrored draw mu - (w - mu): same marginal, g z' noise cancels
+            mirrored = jax.tree.map(jnp.negative, noise)
+            value = 0.5 * (value + expected_loss(q, mirrored, extra, minibatch))
         if kl_weight:
             value = value + kl_weight * lrg.kl_to_isotropic(q, prior_variance, prior_mean)
         return value
@@ -308,6 +317,7 @@ def as_top_level_api(
     loss_takes_key: bool = False,
     relative_damping: float = 1e-3,
     draw: Callable[[PRNGKey], Any] | None = None,
+    antithetic: bool = False,
 ) -> SamplingAlgorithm:
     """SA-BMA as an ``init``/``step`` pair over a :class:`LowRankGaussian`.
 
@@ -343,6 +353,14 @@ def as_top_level_api(
         outside the gradients and passed as ``loss_fn(w, minibatch, extra)`` to both
         (e.g. the frozen backbone from a source posterior). Cheaper than
         ``loss_takes_key``, where a draw inside ``loss_fn`` is made for each gradient.
+    antithetic
+        Average the loss over the draw ``w = mu + e`` and its mirror ``mu - e``
+        (antithetic sampling; twice the gradients per step). Both have ``q``'s
+        marginal, so the objective's expectation is unchanged, while the noise
+        ``grad L(mu) e'`` that a single draw puts into the gradients of the covariance
+        blocks cancels (exactly for a quadratic loss, where the mean's gradient also
+        becomes exact). In a few-shot budget that noise, not the objective, sets the
+        low-rank columns' size (``benchmarks/results/transfer_q_spread.md``).
 
     Returns
     -------
@@ -380,6 +398,7 @@ def as_top_level_api(
         loss_takes_key,
         relative_damping,
         draw,
+        antithetic,
     )
 
     def init_fn(q: LowRankGaussian, rng_key: PRNGKey | None = None) -> SABMAState:

@@ -185,7 +185,7 @@ def markdown(rows: list[dict], b: dict) -> str:
         for r in (v for k, v in row.items() if k.startswith("alpha")):
             out.append(
                 f"| {row['grid']} | {row['seed']} | "
-                f"{', '.join(f'{k}={v:g}' for k, v in row.get('sabma_set', {}).items()) or '-'} | "
+                f"{', '.join(f'{k}={v}' for k, v in row.get('sabma_set', {}).items()) or '-'} | "
                 f"{row.get('moped_delta', 0.1):g} | "
                 f"{r['head_variance']:.0e} | "
                 f"{r['sigma_ratio_min']:.4f}-{r['sigma_ratio_max']:.4f} | "
@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         "--sabma-set",
         nargs="*",
         default=[],
-        metavar="FIELD=FLOAT",
-        help="TransferConfig overrides for SA-BMA only (e.g. weight_decay=0, rho=0)",
+        metavar="FIELD=JSON",
+        help="TransferConfig overrides for SA-BMA only (e.g. weight_decay=0, antithetic=true)",
     )
     parser.add_argument(
         "--moped-delta", type=float, default=0.1, help="finetune_pretrained's moped_delta"
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     path = args.out / f"{NAME}.json"
     old = json.loads(path.read_text())["rows"] if path.exists() else []
-    sabma_set = {k: float(v) for k, v in (item.split("=", 1) for item in args.sabma_set)}
+    sabma_set = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.sabma_set)}
     rows = run(
         args.grids.split(","), args.seeds, tuple(args.alpha_factors), args.moped_delta, sabma_set
     )

@@ -531,8 +531,10 @@ def _add_transfer(sub) -> None:
     )
     p.add_argument(
         "--antithetic",
-        action="store_true",
-        help="SA-BMA: average each step over a draw and its mirror (2x the gradients)",
+        action=argparse.BooleanOptionalAction,
+        default=d.antithetic,
+        help="SA-BMA: average each step over a draw and its mirror (2x the gradients); "
+        "--no-antithetic: the published single draw",
     )
     p.add_argument(
         "--head-variance",

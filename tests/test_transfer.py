@@ -147,7 +147,7 @@ def test_transfer_command_line(tmp_path, capsys):
         "8",
         "--lr-schedule",
         "cosine",
-        "--antithetic",
+        "--no-antithetic",
         "--out",
         str(tmp_path),
     ]
@@ -157,7 +157,7 @@ def test_transfer_command_line(tmp_path, capsys):
     report = json.loads((tmp_path / "results.json").read_text())["reports"][0]
     assert report["config"]["shots"] == 3
     assert report["config"]["lr_schedule"] == "cosine"
-    assert report["config"]["antithetic"] is True
+    assert report["config"]["antithetic"] is False
     with pytest.raises(SystemExit):
         cli.main(["transfer", "--source", "digits:x-y"])
     assert "classes" in capsys.readouterr().err

@@ -373,6 +373,7 @@ def one_run(name, grid, params, target, sets, clean, shifted, method, seed, b) -
     flat = flatness(for_flatness(result, grid, int(target.num_classes), b["flat_samples"]), name)
     flat_seconds = time.perf_counter() - start
     rec = {
+        "config": dataclasses.asdict(config),
         **{k: scored["raw"][k] for k in KEYS},
         **{f"ts_{k}": scored["temperature_scaled"][k] for k in KEYS},
         "temperature": result.temperature,
@@ -549,7 +550,10 @@ def report(quick: bool, results: pathlib.Path) -> dict | None:
         f"pretrained once (Adam, seed 0) and cached outside git; then 10 shots per class "
         f"(50 images) are fine-tuned through `flatjax.transfer.finetune_pretrained` for "
         f"{bud['finetune']['epochs']} epochs (batch 10, lr 0.05, the library's defaults "
-        f"otherwise: rho 0.05, rank 5, weight decay 5e-4), "
+        f"otherwise: rho 0.05, rank 5, weight decay 5e-4; SA-BMA with antithetic draws, "
+        f"the default since session 9, in every run whose record has `config.antithetic` "
+        f"true or that was made after 2026-12-07 06:30 UTC; `cnn-all`'s SA-BMA run is older, "
+        f"a single draw), "
         f"{bud['finetune']['num_bma']} BMA samples for SA-BMA, SWAG and MOPED-VI (SWAG "
         f"over the second half), seeds {sorted({r['seed'] for r in records})} (shots, "
         f"validation shots and fine-tuning randomness); mean ± sd over seeds. Test: "

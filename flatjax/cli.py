@@ -534,7 +534,7 @@ def _add_transfer(sub) -> None:
         action=argparse.BooleanOptionalAction,
         default=d.antithetic,
         help="SA-BMA: average each step over a draw and its mirror (2x the gradients); "
-        "--no-antithetic: the published single draw",
+        "--no-antithetic: the published single draw (default: on)",
     )
     p.add_argument(
         "--head-variance",

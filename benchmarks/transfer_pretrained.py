@@ -5,8 +5,8 @@ A small CNN and a ResNet-18 with filter response normalisation are pretrained on
 and their weights saved to a cache outside git (``~/.cache/flatjax/pretrained`` or
 ``--cache``; the pretraining is skipped when the checkpoint exists). Each network is
 then fine-tuned on 10 shots per class of Fashion-MNIST classes 5-9 (a new label space of
-the same width: the grids ``cnn``, ``resnet18``, ``cnn-all`` keep the pretrained head as
-the starting point, ``*-reinit`` re-initialise it) with
+the same width: the grids ``cnn``, ``resnet18``, ``cnn-all``, ``resnet18-all`` keep the
+pretrained head as the starting point, ``*-reinit`` re-initialise it) with
 :func:`flatjax.transfer.finetune_pretrained` and
 SA-BMA, SGD, SAM, bSAM, SWAG and MOPED-VI, for 3 seeds (the seed draws the few-shot
 and validation shots and the fine-tuning randomness; the pretrained network is the
@@ -18,8 +18,8 @@ eigenvalue lambda_1 of the few-shot training loss over the trainable block, over
 first ``--flat-samples`` BMA samples, and per trainable module).
 
 The CNN has no normalisation layer: ``trainable="norm_and_head"`` trains its head
-alone (the library warns); ``--grids cnn-all`` adds the CNN with every parameter
-trained. The ResNet's norm layers (FRN scale, bias, tau) and head are trained.
+alone (the library warns); ``cnn-all`` and ``resnet18-all`` train every parameter. The
+ResNet's norm layers (FRN scale, bias, tau) and head are trained in ``resnet18``.
 
 Runs are appended one JSON line each to ``results/transfer_pretrained[_quick].jsonl``
 and skipped when already there (resumable); ``--report`` (run at the end anyway)
@@ -112,6 +112,9 @@ def budget(quick: bool) -> dict:
                 model="resnet18", kwargs=dict(norm="frn", width=8), trainable="norm_and_head"
             ),
             "cnn-all": dict(model="cnn", kwargs={}, trainable="all"),
+            "resnet18-all": dict(
+                model="resnet18", kwargs=dict(norm="frn", width=8), trainable="all"
+            ),
             # the same with the head re-initialised (a new label space) instead of kept
             "cnn-reinit": dict(model="cnn", kwargs={}, trainable="norm_and_head", reinit=True),
             "resnet18-reinit": dict(
@@ -121,7 +124,14 @@ def budget(quick: bool) -> dict:
                 reinit=True,
             ),
         },
-        default_grids=("cnn", "resnet18", "cnn-all", "cnn-reinit", "resnet18-reinit"),
+        default_grids=(
+            "cnn",
+            "resnet18",
+            "cnn-all",
+            "resnet18-all",
+            "cnn-reinit",
+            "resnet18-reinit",
+        ),
         pretrain=dict(epochs=2, batch=128, lr=1e-3, num_source=15000),
         finetune=dict(epochs=40, num_bma=8),
         num_test=1500,

@@ -9,6 +9,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import transfer_head_only  # noqa: E402
 from benchmarks import transfer_pretrained as tp  # noqa: E402
 
 
@@ -55,3 +56,19 @@ def test_quick_run_is_cached_resumable_and_reported(tmp_path, capsys):
     md = (results / "transfer_pretrained_quick.md").read_text()
     assert "SA-BMA − SGD" in md and "every seed" in md and "head alone" in md
     assert (results / "transfer_pretrained_quick.png").exists()
+
+
+@pytest.mark.slow
+def test_head_only_diagnostic_quick_run_scores_every_run(tmp_path, capsys):
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    transfer_head_only.main(["--quick", "--out", str(out), "--cache", str(cache)])
+    capsys.readouterr()
+    rows = json.loads((out / "transfer_head_only_quick.json").read_text())["rows"]
+    epochs = tp.budget(True)["finetune"]["epochs"]
+    assert [r["run"] for r in rows] == [label for label, _, _ in transfer_head_only.runs(epochs)]
+    for r in rows:
+        assert r["nll"] > 0 and r["train_nll"] > 0 and 0.0 < r["confidence"] <= 1.0
+        if r["method"] != "sabma":  # one sample: the BMA is the point
+            assert r["nll"] == pytest.approx(r["point_nll"], rel=1e-5)
+    md = (out / "transfer_head_only_quick.md").read_text()
+    assert "## cnn" in md and f"sam {epochs} ep" in md

@@ -7,8 +7,9 @@ This script measures where SAM's edge comes from and what SA-BMA's knobs do to i
 same checkpoints, shots, seeds and budget (40 epochs), for SGD, SAM and SA-BMA:
 
 * at 40, 80 and 120 epochs (is the head trained to convergence in the budget?);
-* SA-BMA with a wider initial q over the head (``head_variance`` x100, x1000) and a
-  larger KL-ball radius ``rho`` (1, 10), at 40 epochs.
+* SA-BMA with a wider initial q over the head (its sd x10 and x31.6: ``head_variance``
+  x100 / x1000 for a re-initialised head, ``moped_delta`` 1.0 / 3.16 for a kept one) and
+  a larger KL-ball radius ``rho`` (1, 10), at 40 epochs.
 
 Per run: test NLL of the BMA and of q's mean alone (SA-BMA; the point estimate for SGD
 and SAM), training NLL and mean top-class probability on the test set of that point
@@ -41,15 +42,24 @@ from flatjax.transfer import TransferConfig, few_shot_split
 NAME = "transfer_head_only"
 
 
-def runs(epochs: int) -> list[tuple[str, str, dict]]:
-    """``(label, method, TransferConfig overrides)``; ``epochs`` is the benchmark's budget."""
+def runs(epochs: int, reinit: bool) -> list[tuple[str, str, dict, dict]]:
+    """``(label, method, TransferConfig overrides, finetune_pretrained kwargs)``.
+
+    ``epochs`` is the benchmark's budget; q's initial sd over the head is widened through
+    ``head_variance`` for a re-initialised head and ``moped_delta`` for a kept one."""
     out = [
-        (f"{m} {e} ep", m, {"epochs": e})
+        (f"{m} {e} ep", m, {"epochs": e}, {})
         for e in (epochs, 2 * epochs, 3 * epochs)
         for m in ("sgd", "sam", "sabma")
     ]
-    out += [(f"sabma alpha x{f:g}", "sabma", {"head_variance": 1e-5 * f}) for f in (100, 1000)]
-    out += [(f"sabma rho {r:g}", "sabma", {"rho": r}) for r in (1.0, 10.0)]
+    for factor in (10.0, 10**1.5):
+        widen = (
+            ({"head_variance": 1e-5 * factor**2}, {})
+            if reinit
+            else ({}, {"moped_delta": 0.1 * factor})
+        )
+        out.append((f"sabma q sd x{factor:.3g}", "sabma", *widen))
+    out += [(f"sabma rho {r:g}", "sabma", {"rho": r}, {}) for r in (1.0, 10.0)]
     return out
 
 
@@ -89,18 +99,22 @@ def run(quick: bool, grids: list[str], seeds: list[int], cache: Path) -> list[di
     for grid_name in grids:
         grid = b["grids"][grid_name]
         params, _ = tp.pretrained(grid, source, b, cache, tag)
+        reinit = grid.get("reinit", False)
         for seed in seeds:
             x_tr, y_tr, _, _ = few_shot_split(target, 10, 5, seed)
-            for label, method, over in runs(b["finetune"]["epochs"]):
+            for label, method, over, kwargs in runs(b["finetune"]["epochs"], reinit):
                 config = TransferConfig(shots=10, val_shots=5, **{**b["finetune"], **over})
                 start = time.perf_counter()
-                result = tp.finetune(grid, params, target, (x_tr, y_tr), method, seed, config)
+                result = tp.finetune(
+                    grid, params, target, (x_tr, y_tr), method, seed, config, **kwargs
+                )
                 row = {
                     "grid": grid_name,
                     "seed": seed,
                     "run": label,
                     "method": method,
                     "overrides": over,
+                    "finetune_kwargs": kwargs,
                     **scores(result, clean, (x_tr, y_tr)),
                     "seconds": time.perf_counter() - start,
                 }
@@ -119,7 +133,8 @@ def markdown(rows: list[dict], b: dict, quick: bool) -> str:
         f"head-only grids of `transfer_pretrained` (the CNN has no normalisation layer, so "
         f"SA-BMA's scheme trains its head alone; {b['data']} 0-4 → 5-9, 10 shots, budget "
         f"{e} epochs, {b['finetune']['num_bma']} BMA samples, library defaults otherwise: "
-        "lr 0.05 constant, rho 0.05, head variance 1e-5, antithetic SA-BMA). Point: q's mean "
+        "lr 0.05 constant, rho 0.05, head variance 1e-5 / moped_delta 0.1, antithetic "
+        "SA-BMA; q sd xF: q's initial sd over the head F times the default). Point: q's mean "
         "for SA-BMA, the one sample for SGD and SAM. NLL = test NLL of the BMA (= point for "
         "SGD/SAM); train NLL, confidence (mean top-class probability on the test set) and "
         "|w| (norm of the trained block) are the point's. Mean ± sd over seeds "

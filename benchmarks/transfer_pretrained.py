@@ -75,6 +75,8 @@ NAMES = {
 }
 SEVERITIES = (3, 5)
 KEYS = ("accuracy", "nll", "ece")
+# records older than ``config.antithetic``: SA-BMA's pipeline default became antithetic here
+ANTITHETIC_SINCE = "2026-12-07 06:30:00"
 
 
 def budget(quick: bool) -> dict:
@@ -535,6 +537,24 @@ def paired(by_seed: dict, a: str, b: str, key: str) -> dict:
     }
 
 
+def antithetic(record: dict) -> bool:
+    """Whether an SA-BMA run averaged over mirrored draws: its config says so, or (older
+    records, without ``config.antithetic``) it ran after the default changed."""
+    flag = record.get("config", {}).get("antithetic")
+    return record["date"] >= ANTITHETIC_SINCE if flag is None else bool(flag)
+
+
+def sabma_estimator(runs: list[dict]) -> str:
+    kinds = {antithetic(r) for r in runs}
+    if not kinds:
+        return "no run"
+    if len(kinds) == 2:
+        return "mixed: " + ", ".join(
+            f"seed {r['seed']} {'antithetic' if antithetic(r) else 'single draw'}" for r in runs
+        )
+    return "antithetic draws" if kinds.pop() else "single draw (the published estimator)"
+
+
 def report(quick: bool, results: pathlib.Path) -> dict | None:
     records, seen = [], set()
     for r in read_records(paths(quick, results)):  # the first record of a run counts
@@ -553,17 +573,16 @@ def report(quick: bool, results: pathlib.Path) -> dict | None:
     bud = first["budget"]
     md.append(
         f"Source: {first['task'].split(' 0-4')[0]} classes 0-4 (train split), target: classes "
-        f"5-9 (a new label space of the same width: grids `cnn`, `resnet18`, `cnn-all` start "
+        f"5-9 (a new label space of the same width: grids `cnn`, `resnet18`, `cnn-all`, "
+        f"`resnet18-all` start "
         f"from the pretrained head, as `finetune_pretrained` does when `num_classes` equals "
         f"its width; `*-reinit` re-initialise it, mean 0 and variance 1e-5, "
         f"`reinit_head=True`). Each network is "
         f"pretrained once (Adam, seed 0) and cached outside git; then 10 shots per class "
         f"(50 images) are fine-tuned through `flatjax.transfer.finetune_pretrained` for "
         f"{bud['finetune']['epochs']} epochs (batch 10, lr 0.05, the library's defaults "
-        f"otherwise: rho 0.05, rank 5, weight decay 5e-4; SA-BMA with antithetic draws, "
-        f"the default since session 9, in every run whose record has `config.antithetic` "
-        f"true or that was made after 2026-12-07 06:30 UTC; `cnn-all`'s SA-BMA run is older, "
-        f"a single draw), "
+        f"otherwise: rho 0.05, rank 5, weight decay 5e-4; SA-BMA's estimator, antithetic "
+        f"draws since session 9 or the published single draw, is given per grid), "
         f"{bud['finetune']['num_bma']} BMA samples for SA-BMA, SWAG and MOPED-VI (SWAG "
         f"over the second half), seeds {sorted({r['seed'] for r in records})} (shots, "
         f"validation shots and fine-tuning randomness); mean ± sd over seeds. Test: "
@@ -630,7 +649,7 @@ def report(quick: bool, results: pathlib.Path) -> dict | None:
                 if runs[0]["model"] == "cnn" and runs[0]["trainable"] == "norm_and_head"
                 else ""
             )
-            + ".\n\n"
+            + f". SA-BMA's estimator: {sabma_estimator(by_method.get('sabma', []))}.\n\n"
         )
         header = ["method", "#BMA", *(c[1] for c in COLS), "seeds", "s / run"]
         rows = []

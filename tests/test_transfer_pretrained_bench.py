@@ -65,7 +65,8 @@ def test_head_only_diagnostic_quick_run_scores_every_run(tmp_path, capsys):
     capsys.readouterr()
     rows = json.loads((out / "transfer_head_only_quick.json").read_text())["rows"]
     epochs = tp.budget(True)["finetune"]["epochs"]
-    assert [r["run"] for r in rows] == [label for label, _, _ in transfer_head_only.runs(epochs)]
+    assert [r["run"] for r in rows] == [r[0] for r in transfer_head_only.runs(epochs, False)]
+    assert rows[-4]["finetune_kwargs"] == {"moped_delta": 1.0}  # a kept head's q widened
     for r in rows:
         assert r["nll"] > 0 and r["train_nll"] > 0 and 0.0 < r["confidence"] <= 1.0
         if r["method"] != "sabma":  # one sample: the BMA is the point

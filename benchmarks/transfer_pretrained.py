@@ -371,7 +371,9 @@ def one_run(name, grid, params, target, sets, clean, shifted, method, seed, b) -
     x_tr, y_tr, x_val, y_val = sets
     config = TransferConfig(shots=10, val_shots=5, **b["finetune"])
     start = time.perf_counter()
-    result = finetune(grid, params, target, (x_tr, y_tr), method, seed, config)
+    result = finetune(
+        grid, params, target, (x_tr, y_tr), method, seed, config, **b["finetune_kwargs"]
+    )
     jax.block_until_ready(jax.tree.leaves(result.samples))
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -432,6 +434,7 @@ def run_grids(
     seeds: list[int] | None = None,
     methods: list[str] | None = None,
     finetune: dict | None = None,
+    finetune_kwargs: dict | None = None,
 ) -> None:
     b = budget(quick)
     if methods is not None:
@@ -440,6 +443,7 @@ def run_grids(
         b["finetune"] = {**b["finetune"], **finetune}
     if seeds is not None:
         b = {**b, "seeds": tuple(seeds)}
+    b["finetune_kwargs"] = dict(finetune_kwargs or {})  # recorded with the budget
     path = paths(quick, results)
     results.mkdir(parents=True, exist_ok=True)
     done = {(r["grid"], r["method"], r["seed"]) for r in read_records(path)}
@@ -779,6 +783,12 @@ def main(argv: list[str] | None = None) -> None:
         default="{}",
         help="JSON dict of TransferConfig overrides, e.g. '{\"rho\": 0.0}' (use with --results)",
     )
+    parser.add_argument(
+        "--kwargs",
+        default="{}",
+        help="JSON dict of finetune_pretrained keyword arguments, e.g. "
+        "'{\"moped_delta\": 0.03}' (use with --results)",
+    )
     args = parser.parse_args(argv)
     results = pathlib.Path(args.results) if args.results else _common.RESULTS
     if not args.report:
@@ -797,6 +807,7 @@ def main(argv: list[str] | None = None) -> None:
             args.seeds,
             methods,
             json.loads(args.set),
+            json.loads(args.kwargs),
         )
         print(f"  {NAME}: {time.perf_counter() - start:.0f} s", flush=True)
     report(args.quick, results)

@@ -56,6 +56,15 @@ def test_quick_run_is_cached_resumable_and_reported(tmp_path, capsys):
     md = (results / "transfer_pretrained_quick.md").read_text()
     assert "SA-BMA − SGD" in md and "every seed" in md and "head alone" in md
     assert (results / "transfer_pretrained_quick.png").exists()
+    assert "SA-BMA's estimator: antithetic draws" in md
+    # --set / --kwargs reach TransferConfig / finetune_pretrained and land in the record
+    other = tmp_path / "wide"
+    extra = ["--set", '{"rho": 0.1}', "--kwargs", '{"moped_delta": 0.5}', "--methods", "sabma"]
+    tp.main(["--quick", "--results", str(other), "--cache", str(cache), *extra])
+    capsys.readouterr()
+    (wide,) = tp.read_records(other / "transfer_pretrained_quick.jsonl")
+    assert wide["budget"]["finetune_kwargs"] == {"moped_delta": 0.5}
+    assert wide["config"]["rho"] == 0.1 and wide["nll"] != sabma["nll"]
 
 
 @pytest.mark.slow

@@ -559,6 +559,18 @@ def sabma_estimator(runs: list[dict]) -> str:
     return "antithetic draws" if kinds.pop() else "single draw (the published estimator)"
 
 
+def overrides(runs: list[dict]) -> str:
+    """The runs' ``--set`` / ``--kwargs`` settings, as a sentence (empty when none)."""
+    found = set()
+    for r in runs:
+        bud = r["budget"]
+        items = {k: v for k, v in bud["finetune"].items() if k not in ("epochs", "num_bma")}
+        items.update(bud.get("finetune_kwargs", {}))
+        found.add(", ".join(f"{k}={v}" for k, v in sorted(items.items())))
+    found.discard("")
+    return f" Overrides: {'; '.join(sorted(found))}." if found else ""
+
+
 def report(quick: bool, results: pathlib.Path) -> dict | None:
     records, seen = [], set()
     for r in read_records(paths(quick, results)):  # the first record of a run counts
@@ -585,7 +597,8 @@ def report(quick: bool, results: pathlib.Path) -> dict | None:
         f"pretrained once (Adam, seed 0) and cached outside git; then 10 shots per class "
         f"(50 images) are fine-tuned through `flatjax.transfer.finetune_pretrained` for "
         f"{bud['finetune']['epochs']} epochs (batch 10, lr 0.05, the library's defaults "
-        f"otherwise: rho 0.05, rank 5, weight decay 5e-4; SA-BMA's estimator, antithetic "
+        f"otherwise unless a grid lists overrides: rho 0.05, rank 5, weight decay 5e-4, "
+        f"moped_delta 0.1; SA-BMA's estimator, antithetic "
         f"draws since session 9 or the published single draw, is given per grid), "
         f"{bud['finetune']['num_bma']} BMA samples for SA-BMA, SWAG and MOPED-VI (SWAG "
         f"over the second half), seeds {sorted({r['seed'] for r in records})} (shots, "
@@ -653,7 +666,9 @@ def report(quick: bool, results: pathlib.Path) -> dict | None:
                 if runs[0]["model"] == "cnn" and runs[0]["trainable"] == "norm_and_head"
                 else ""
             )
-            + f". SA-BMA's estimator: {sabma_estimator(by_method.get('sabma', []))}.\n\n"
+            + f". SA-BMA's estimator: {sabma_estimator(by_method.get('sabma', []))}."
+            + overrides(runs)
+            + "\n\n"
         )
         header = ["method", "#BMA", *(c[1] for c in COLS), "seeds", "s / run"]
         rows = []

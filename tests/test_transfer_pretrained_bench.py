@@ -65,6 +65,11 @@ def test_quick_run_is_cached_resumable_and_reported(tmp_path, capsys):
     (wide,) = tp.read_records(other / "transfer_pretrained_quick.jsonl")
     assert wide["budget"]["finetune_kwargs"] == {"moped_delta": 0.5}
     assert wide["config"]["rho"] == 0.1 and wide["nll"] != sabma["nll"]
+    assert (
+        "Overrides: moped_delta=0.5, rho=0.1."
+        in (other / "transfer_pretrained_quick.md").read_text()
+    )
+    assert "Overrides" not in md
 
 
 @pytest.mark.slow

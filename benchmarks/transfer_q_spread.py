@@ -17,6 +17,7 @@ Writes ``results/transfer_q_spread.{json,md}``. Needs the checkpoints that
 
 Usage::
 
+    python -m benchmarks.transfer_q_spread --quick                # digits, tiny CNN, seed 0
     python -m benchmarks.transfer_q_spread                        # cnn-reinit, 3 seeds
     python -m benchmarks.transfer_q_spread --grids resnet18-reinit --seeds 0
 """
@@ -113,16 +114,19 @@ def run(
     factors: tuple[float, ...],
     delta: float,
     sabma_set: dict | None = None,
+    quick: bool = False,
+    cache: str | None = None,
 ) -> list[dict]:
     sabma_set = sabma_set or {}
-    b = tp.budget(False)
+    b = tp.budget(quick)
     source, target, _ = tp.tasks(b["data"])
     clean, _ = tp.test_sets(target, {**b, "corruptions": ()})
     x_spread = jnp.asarray(clean[0][:300])
     rows = []
     for grid_name in grids:
         grid = b["grids"][grid_name]
-        params, _ = tp.pretrained(grid, source, b, tp.cache_dir(None), "fashion04")
+        tag = "digits04_quick" if quick else "fashion04"
+        params, _ = tp.pretrained(grid, source, b, tp.cache_dir(cache), tag)
         reinit = grid.get("reinit", False)
         for seed in seeds:
             x_tr, y_tr, _, _ = few_shot_split(target, 10, 5, seed)
@@ -162,10 +166,11 @@ def run(
 
 def markdown(rows: list[dict], b: dict) -> str:
     out = [
-        "# What SA-BMA's q learns on a pretrained network (issue 16 diagnostic)",
+        "# What SA-BMA's q learns on a pretrained network (issue 16 diagnostic)"
+        + (" — quick" if b["data"] != "fashion" else ""),
         "",
         f"`python -m benchmarks.transfer_q_spread`: the re-initialised-head grids of "
-        f"`transfer_pretrained` (Fashion-MNIST 0-4 → 5-9, 10 shots, {b['finetune']['epochs']} "
+        f"`transfer_pretrained` ({b['data']} 0-4 → 5-9, 10 shots, {b['finetune']['epochs']} "
         f"epochs, {b['finetune']['num_bma']} BMA samples, the library's defaults otherwise), "
         "SA-BMA at the default initial head variance alpha = 1e-5 and at alpha / 100 "
         "(δ: `moped_delta`, the initial sd of pretrained leaves relative to |w|), and SGD. "
@@ -200,8 +205,12 @@ def markdown(rows: list[dict], b: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grids", default="cnn-reinit", help="comma-separated grids")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="digits, tiny CNN (head kept), seed 0")
+    parser.add_argument(
+        "--grids", default=None, help="comma-separated grids (default cnn-reinit; quick: cnn)"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
+    parser.add_argument("--cache", default=None, help="checkpoint folder (outside git)")
     parser.add_argument(
         "--alpha-factors",
         type=float,
@@ -223,11 +232,20 @@ def main(argv: list[str] | None = None) -> None:
         "--out", type=Path, default=Path(__file__).resolve().parent / "results", help="folder"
     )
     args = parser.parse_args(argv)
-    path = args.out / f"{NAME}.json"
+    stem = NAME + ("_quick" if args.quick else "")
+    path = args.out / f"{stem}.json"
     old = json.loads(path.read_text())["rows"] if path.exists() else []
     sabma_set = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.sabma_set)}
+    grids = args.grids or ("cnn" if args.quick else "cnn-reinit")
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     rows = run(
-        args.grids.split(","), args.seeds, tuple(args.alpha_factors), args.moped_delta, sabma_set
+        grids.split(","),
+        seeds,
+        tuple(args.alpha_factors),
+        args.moped_delta,
+        sabma_set,
+        quick=args.quick,
+        cache=args.cache,
     )
 
     def key(r):
@@ -235,11 +253,11 @@ def main(argv: list[str] | None = None) -> None:
 
     keep = [r for r in old if key(r) not in {key(x) for x in rows}]
     rows = keep + rows
-    b = tp.budget(False)
+    b = tp.budget(args.quick)
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"budget": b["finetune"], "rows": rows}, indent=1) + "\n")
     text = markdown(rows, b)
-    (args.out / f"{NAME}.md").write_text(text)
+    (args.out / f"{stem}.md").write_text(text)
     print(text)
 
 

@@ -9,7 +9,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import transfer_head_only  # noqa: E402
+from benchmarks import transfer_head_only, transfer_q_spread  # noqa: E402
 from benchmarks import transfer_pretrained as tp  # noqa: E402
 
 
@@ -87,3 +87,16 @@ def test_head_only_diagnostic_quick_run_scores_every_run(tmp_path, capsys):
             assert r["nll"] == pytest.approx(r["point_nll"], rel=1e-5)
     md = (out / "transfer_head_only_quick.md").read_text()
     assert "## cnn" in md and f"sam {epochs} ep" in md
+
+
+@pytest.mark.slow
+def test_q_spread_diagnostic_quick_run_measures_q_and_its_cost(tmp_path, capsys):
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    transfer_q_spread.main(["--quick", "--out", str(out), "--cache", str(cache)])
+    capsys.readouterr()
+    (row,) = json.loads((out / "transfer_q_spread_quick.json").read_text())["rows"]
+    assert (row["grid"], row["seed"]) == ("cnn", 0) and row["sgd_nll"] > 0
+    (q,) = [v for k, v in row.items() if k.startswith("alpha")]  # kept head: one alpha
+    assert q["nll"] > 0 and q["mean_nll"] > 0 and q["logit_sd"] > 0
+    assert 0 < q["sigma_ratio_min"] <= q["sigma_ratio_max"] and q["mean_step_bound"] > 0
+    assert "| cnn | 0 |" in (out / "transfer_q_spread_quick.md").read_text()

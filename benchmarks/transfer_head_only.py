@@ -76,16 +76,16 @@ def scores(result, clean: tuple, train: tuple) -> dict:
     def logits(x):
         return result.apply_fn(result.split.merge(w, result.frozen_mean), jnp.asarray(x))
 
-    test_logits = logits(clean[0])
     train_nll = optax.softmax_cross_entropy_with_integer_labels(
         logits(train[0]), jnp.asarray(train[1])
     ).mean()
+    at_point = one.evaluate(*clean, batch_size=500)["raw"]
     return {
         "nll": result.evaluate(*clean, batch_size=500)["raw"]["nll"],
-        "point_nll": one.evaluate(*clean, batch_size=500)["raw"]["nll"],
-        "point_accuracy": float((test_logits.argmax(-1) == jnp.asarray(clean[1])).mean()),
+        "point_nll": at_point["nll"],
+        "point_accuracy": at_point["accuracy"],
         "train_nll": float(train_nll),
-        "confidence": float(jax.nn.softmax(test_logits).max(-1).mean()),
+        "confidence": float(jax.nn.softmax(logits(clean[0])).max(-1).mean()),
         "norm": float(jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree.leaves(w)))),
     }
 

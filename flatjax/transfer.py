@@ -142,7 +142,9 @@ class TransferConfig:
     objective, set ``q``'s low-rank spread in few-shot budgets, costing NLL; with the
     mirror, SA-BMA beat SGD and SAM on every seed on a pretrained ResNet-18 with a fresh
     head where the single draw lost one (``benchmarks/results/transfer_pretrained_antithetic``).
-    ``antithetic=False`` is the published single-draw estimator.
+    ``antithetic=False`` is the published single-draw estimator. With every weight trained
+    neither won everywhere (small CNN: the single draw, ResNet-18: the mirror on two seeds
+    of three; ``benchmarks/README.md`` section 4b): compare both on validation data there.
 
     ``lr_schedule`` is the fine-tuning learning rate over the steps of every method:
     ``"constant"`` (``lr`` throughout), or ``"cosine"`` (``optax.cosine_decay_schedule``

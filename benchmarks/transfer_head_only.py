@@ -6,27 +6,34 @@ frozen features. There SA-BMA ties SGD and trails SAM by 0.006-0.011 NLL on ever
 This script measures where SAM's edge comes from and what SA-BMA's knobs do to it, on the
 same checkpoints, shots, seeds and budget (40 epochs), for SGD, SAM and SA-BMA:
 
-* at 40, 80 and 120 epochs (is the head trained to convergence in the budget?);
+* at budgets from 40 to 1200 epochs (is the head trained to convergence in the budget,
+  and does SAM's edge last?);
 * SA-BMA with a wider initial q over the head (its sd x10 and x31.6: ``head_variance``
   x100 / x1000 for a re-initialised head, ``moped_delta`` 1.0 / 3.16 for a kept one) and
   a larger KL-ball radius ``rho`` (1, 10), at 40 epochs.
 
 Per run: test NLL of the BMA and of q's mean alone (SA-BMA; the point estimate for SGD
-and SAM), training NLL and mean top-class probability on the test set of that point
-(how far and how confidently it is trained), and the norm of the trained block.
+and SAM), training NLL, accuracy and mean top-class probability on the test set of that
+point (how far and how confidently it is trained: confidence − accuracy < 0 is an
+under-confident point, which any averaging makes worse), and the norm of the trained
+block. For SA-BMA also the Euclidean length of its adversarial step on the mean at the
+end of training, ``sqrt(2 rho) |Sigma g| / sqrt(g' Sigma g)`` with ``g`` the full-batch
+training gradient at the mean (an upper bound: the KL ball is shared with q's
+covariance blocks), beside SAM's radius ``rho``.
 
 Writes ``results/transfer_head_only[_quick].{json,md}``. Needs the checkpoints that
 ``python -m benchmarks.transfer_pretrained`` caches (it pretrains them if missing).
 
 Usage::
 
-    python -m benchmarks.transfer_head_only             # cnn and cnn-reinit, 3 seeds (~6 min)
+    python -m benchmarks.transfer_head_only             # cnn and cnn-reinit, 3 seeds (~35 min)
     python -m benchmarks.transfer_head_only --quick     # digits, tiny CNN, 1 seed
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,20 +45,25 @@ import optax
 
 from benchmarks import transfer_pretrained as tp
 from flatjax.transfer import TransferConfig, few_shot_split
+from flatjax.vi import lowrank_gaussian as lrg
 
 NAME = "transfer_head_only"
+#: Draws (antithetic pairs) of the near-exact BMA of SA-BMA's q.
+EXACT_DRAWS = 64
 
 
-def runs(epochs: int, reinit: bool) -> list[tuple[str, str, dict, dict]]:
+#: The budgets (epochs) of the full run: the benchmark's 40, the library's default 150,
+#: and on to well past the test NLL's minimum.
+EPOCHS = (40, 80, 120, 150, 300, 600, 1200)
+
+
+def runs(epochs: int, budgets: list[int], reinit: bool) -> list[tuple[str, str, dict, dict]]:
     """``(label, method, TransferConfig overrides, finetune_pretrained kwargs)``.
 
-    ``epochs`` is the benchmark's budget; q's initial sd over the head is widened through
+    ``epochs`` is the benchmark's budget (the variants' budget), ``budgets`` those that
+    SGD, SAM and SA-BMA are run at; q's initial sd over the head is widened through
     ``head_variance`` for a re-initialised head and ``moped_delta`` for a kept one."""
-    out = [
-        (f"{m} {e} ep", m, {"epochs": e}, {})
-        for e in (epochs, 2 * epochs, 3 * epochs)
-        for m in ("sgd", "sam", "sabma")
-    ]
+    out = [(f"{m} {e} ep", m, {"epochs": e}, {}) for e in budgets for m in ("sgd", "sam", "sabma")]
     for factor in (10.0, 10**1.5):
         widen = (
             ({"head_variance": 1e-5 * factor**2}, {})
@@ -69,28 +81,54 @@ def point(result) -> dict:
     return result if at_mean is None else at_mean
 
 
-def scores(result, clean: tuple, train: tuple) -> dict:
+def adversarial_length(q, w_loss, rho: float) -> float:
+    """Euclidean length of SA-BMA's adversarial step on q's mean, were the KL ball
+    spent on the mean alone: ``sqrt(2 rho) |Sigma g| / sqrt(g' Sigma g)``."""
+    g = jax.grad(w_loss)(q.mean)
+    sigma_g = lrg.cov_matvec(q, g)
+    quad = sum(
+        jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(sigma_g), strict=True)
+    )
+    norm = jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree.leaves(sigma_g)))
+    return float(jnp.sqrt(2.0 * rho) * norm / jnp.sqrt(quad))
+
+
+def scores(result, clean: tuple, train: tuple, rho: float) -> dict:
     one = point(result)
     w = jax.tree.map(lambda a: a[0], one.samples)
 
-    def logits(x):
+    def logits(w, x):
         return result.apply_fn(result.split.merge(w, result.frozen_mean), jnp.asarray(x))
 
-    train_nll = optax.softmax_cross_entropy_with_integer_labels(
-        logits(train[0]), jnp.asarray(train[1])
-    ).mean()
+    def train_loss(w):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits(w, train[0]), jnp.asarray(train[1])
+        ).mean()
+
     at_point = one.evaluate(*clean, batch_size=500)["raw"]
+    step = exact = None
+    if result.method == "sam":
+        step = rho
+    if result.method == "sabma":
+        step = adversarial_length(result.q, train_loss, rho)
+        draws = lrg.sample_n(jax.random.key(0), result.q, EXACT_DRAWS, antithetic=True)
+        exact = dataclasses.replace(result, samples=draws).evaluate(*clean, batch_size=500)
+        exact = exact["raw"]["nll"]
     return {
         "nll": result.evaluate(*clean, batch_size=500)["raw"]["nll"],
         "point_nll": at_point["nll"],
         "point_accuracy": at_point["accuracy"],
-        "train_nll": float(train_nll),
-        "confidence": float(jax.nn.softmax(logits(clean[0])).max(-1).mean()),
+        "train_nll": float(train_loss(w)),
+        "confidence": float(jax.nn.softmax(logits(w, clean[0])).max(-1).mean()),
         "norm": float(jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree.leaves(w)))),
+        "adversarial_step": step,
+        "exact_bma_nll": exact,
     }
 
 
-def run(quick: bool, grids: list[str], seeds: list[int], cache: Path) -> list[dict]:
+def run(
+    quick: bool, grids: list[str], seeds: list[int], cache: Path, budgets: list[int]
+) -> list[dict]:
     b = tp.budget(quick)
     source, target, _ = tp.tasks(b["data"])
     clean, _ = tp.test_sets(target, {**b, "corruptions": ()})
@@ -102,7 +140,7 @@ def run(quick: bool, grids: list[str], seeds: list[int], cache: Path) -> list[di
         reinit = grid.get("reinit", False)
         for seed in seeds:
             x_tr, y_tr, _, _ = few_shot_split(target, 10, 5, seed)
-            for label, method, over, kwargs in runs(b["finetune"]["epochs"], reinit):
+            for label, method, over, kwargs in runs(b["finetune"]["epochs"], budgets, reinit):
                 config = TransferConfig(shots=10, val_shots=5, **{**b["finetune"], **over})
                 start = time.perf_counter()
                 result = tp.finetune(
@@ -115,7 +153,8 @@ def run(quick: bool, grids: list[str], seeds: list[int], cache: Path) -> list[di
                     "method": method,
                     "overrides": over,
                     "finetune_kwargs": kwargs,
-                    **scores(result, clean, (x_tr, y_tr)),
+                    "epochs": config.epochs,
+                    **scores(result, clean, (x_tr, y_tr), config.rho),
                     "seconds": time.perf_counter() - start,
                 }
                 print(json.dumps(row), flush=True)
@@ -131,14 +170,21 @@ def markdown(rows: list[dict], b: dict, quick: bool) -> str:
         "",
         f"`python -m benchmarks.transfer_head_only{' --quick' if quick else ''}`: the "
         f"head-only grids of `transfer_pretrained` (the CNN has no normalisation layer, so "
-        f"SA-BMA's scheme trains its head alone; {b['data']} 0-4 → 5-9, 10 shots, budget "
-        f"{e} epochs, {b['finetune']['num_bma']} BMA samples, library defaults otherwise: "
-        "lr 0.05 constant, rho 0.05, head variance 1e-5 / moped_delta 0.1, antithetic "
-        "SA-BMA; q sd xF: q's initial sd over the head F times the default). Point: q's mean "
-        "for SA-BMA, the one sample for SGD and SAM. NLL = test NLL of the BMA (= point for "
-        "SGD/SAM); train NLL, confidence (mean top-class probability on the test set) and "
-        "|w| (norm of the trained block) are the point's. Mean ± sd over seeds "
-        f"{sorted({r['seed'] for r in rows})}.",
+        f"SA-BMA's scheme trains its head alone; {b['data']} 0-4 → 5-9, 10 shots, "
+        f"benchmark budget {e} epochs, {b['finetune']['num_bma']} BMA samples, library "
+        "defaults otherwise: lr 0.05 constant, rho 0.05, head variance 1e-5 / moped_delta "
+        "0.1, antithetic SA-BMA; q sd xF: q's initial sd over the head F times the "
+        "default). Point: q's mean for SA-BMA, the one sample for SGD and SAM. NLL = test "
+        "NLL of the BMA (= point for SGD/SAM); BMA − mean: SA-BMA's BMA NLL minus its "
+        "mean's; point NLL / ACC, conf − ACC (mean top-class probability on the test set "
+        "minus accuracy: < 0 under-confident), train NLL and |w| (norm of the trained "
+        "block) are the point's. Exact BMA: q's BMA over "
+        f"{EXACT_DRAWS} antithetic draws (the benchmark's BMA has "
+        f"{b['finetune']['num_bma']} independent ones). Step: the Euclidean length of the "
+        "adversarial step on the mean at the end of training (SAM: rho; SA-BMA: its KL "
+        "ball's step were it spent on "
+        "the mean alone, an upper bound). NLL − SAM: against SAM at the same budget and "
+        f"seed. Mean ± sd over seeds {sorted({r['seed'] for r in rows})}.",
         "",
     ]
     for grid in dict.fromkeys(r["grid"] for r in rows):
@@ -149,26 +195,36 @@ def markdown(rows: list[dict], b: dict, quick: bool) -> str:
         out += [
             f"## {grid}",
             "",
-            "| run | NLL ↓ | point NLL ↓ | point ACC ↑ | train NLL | confidence | |w| | "
-            "NLL − SAM (same seed) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| run | NLL ↓ | BMA − mean | exact BMA − mean | point NLL ↓ | point ACC ↑ | "
+            "conf − ACC | train NLL | |w| | step | NLL − SAM (same seed) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
 
-        def stat(label, key):
-            v = np.array([by[(label, s)][key] for s in seeds if (label, s) in by])
-            return f"{v.mean():.3f} ± {v.std():.3f}"
+        def stat(label, value, digits=3):
+            v = np.array([value(by[(label, s)]) for s in seeds if (label, s) in by])
+            if any(x is None for x in v):
+                return "–"
+            return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}"
 
         for label in labels:
-            sam = f"sam {e} ep"
-            diffs = [
-                by[(label, s)]["nll"] - by[(sam, s)]["nll"]
-                for s in seeds
-                if (label, s) in by and (sam, s) in by
-            ]
+            diffs = []
+            for s in seeds:
+                if (label, s) not in by:
+                    continue
+                sam = by.get((f"sam {by[(label, s)].get('epochs', e)} ep", s))
+                if sam is not None:
+                    diffs.append(by[(label, s)]["nll"] - sam["nll"])
+            bma = exact = "–"
+            if by[(label, seeds[0])]["method"] == "sabma":
+                bma = stat(label, lambda r: r["nll"] - r["point_nll"], 4)
+                exact = stat(label, lambda r: r["exact_bma_nll"] - r["point_nll"], 4)
             out.append(
-                f"| {label} | {stat(label, 'nll')} | {stat(label, 'point_nll')} | "
-                f"{stat(label, 'point_accuracy')} | {stat(label, 'train_nll')} | "
-                f"{stat(label, 'confidence')} | {stat(label, 'norm')} | "
+                f"| {label} | {stat(label, lambda r: r['nll'])} | {bma} | {exact} | "
+                f"{stat(label, lambda r: r['point_nll'])} | "
+                f"{stat(label, lambda r: r['point_accuracy'])} | "
+                f"{stat(label, lambda r: r['confidence'] - r['point_accuracy'])} | "
+                f"{stat(label, lambda r: r['train_nll'])} | {stat(label, lambda r: r['norm'])} | "
+                f"{stat(label, lambda r: r.get('adversarial_step'), 4)} | "
                 f"{', '.join(f'{d:+.3f}' for d in diffs)} |"
             )
         out.append("")
@@ -182,13 +238,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--cache", default=None, help="checkpoint folder (outside git)")
     parser.add_argument(
+        "--epochs",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"budgets for SGD / SAM / SA-BMA (default {' '.join(map(str, EPOCHS))}; "
+        "--quick: 1x, 2x, 3x its budget)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results", help="folder"
     )
     args = parser.parse_args(argv)
     b = tp.budget(args.quick)
     default = ["cnn"] if args.quick else ["cnn", "cnn-reinit"]
     grids = args.grids.split(",") if args.grids else default
-    rows = run(args.quick, grids, args.seeds or list(b["seeds"]), tp.cache_dir(args.cache))
+    e = b["finetune"]["epochs"]
+    budgets = args.epochs or ([e, 2 * e, 3 * e] if args.quick else list(EPOCHS))
+    if e not in budgets:
+        parser.error(f"--epochs must include the benchmark's budget {e}, got {budgets}")
+    seeds = args.seeds or list(b["seeds"])
+    rows = run(args.quick, grids, seeds, tp.cache_dir(args.cache), budgets)
     stem = NAME + ("_quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(

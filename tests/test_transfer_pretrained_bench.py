@@ -79,14 +79,47 @@ def test_head_only_diagnostic_quick_run_scores_every_run(tmp_path, capsys):
     capsys.readouterr()
     rows = json.loads((out / "transfer_head_only_quick.json").read_text())["rows"]
     epochs = tp.budget(True)["finetune"]["epochs"]
-    assert [r["run"] for r in rows] == [r[0] for r in transfer_head_only.runs(epochs, False)]
+    budgets = [epochs, 2 * epochs, 3 * epochs]
+    expected = transfer_head_only.runs(epochs, budgets, False)
+    assert [r["run"] for r in rows] == [r[0] for r in expected]
+    assert [r["epochs"] for r in rows[:9]] == [e for e in budgets for _ in range(3)]
     assert rows[-4]["finetune_kwargs"] == {"moped_delta": 1.0}  # a kept head's q widened
     for r in rows:
         assert r["nll"] > 0 and r["train_nll"] > 0 and 0.0 < r["confidence"] <= 1.0
         if r["method"] != "sabma":  # one sample: the BMA is the point
             assert r["nll"] == pytest.approx(r["point_nll"], rel=1e-5)
+        if r["method"] == "sam":
+            assert r["adversarial_step"] == r["overrides"].get("rho", 0.05)
+        if r["method"] == "sabma":
+            assert r["adversarial_step"] > 0
     md = (out / "transfer_head_only_quick.md").read_text()
     assert "## cnn" in md and f"sam {epochs} ep" in md
+
+
+def test_adversarial_length_is_sams_radius_for_an_isotropic_q():
+    """With Sigma = s I the KL ball's step on the mean is SAM's along g, of length
+    sqrt(2 rho s) whatever the gradient (the SA-BMA -> SAM reduction)."""
+    import jax.numpy as jnp
+
+    from flatjax.vi.lowrank_gaussian import isotropic
+
+    mean = {"w": jnp.array([1.0, -2.0, 0.5]), "b": jnp.array([0.3])}
+    q = isotropic(mean, variance=0.04)
+
+    def loss(w):
+        return jnp.sum(w["w"] ** 4) + jnp.sum(jnp.sin(w["b"]))
+
+    got = transfer_head_only.adversarial_length(q, loss, rho=0.5)
+    assert got == pytest.approx((2 * 0.5 * 0.04) ** 0.5, rel=1e-5)
+    # a diagonal Sigma = diag(sigma^2 / 2): sqrt(2 rho) |Sigma g| / sqrt(g' Sigma g)
+    scales = {"w": jnp.array([0.1, 0.1, 1.0]), "b": jnp.array([0.1])}
+    diag = q._replace(log_scale={k: jnp.log(v) for k, v in scales.items()})
+    g = jnp.array([4.0, -32.0, 0.5, jnp.cos(0.3)])  # d loss at the mean: 4 w^3, cos b
+    var = 0.5 * jnp.array([0.01, 0.01, 1.0, 0.01])
+    want = jnp.sqrt(2 * 0.5) * jnp.linalg.norm(var * g) / jnp.sqrt(jnp.sum(var * g * g))
+    assert transfer_head_only.adversarial_length(diag, loss, rho=0.5) == pytest.approx(
+        float(want), rel=1e-5
+    )
 
 
 @pytest.mark.slow

@@ -296,12 +296,17 @@ def test_fisher_solve_inverts_the_fisher_on_its_range():
     np.testing.assert_allclose(fisher @ flat(x), g, rtol=1e-6, atol=1e-6 * np.abs(g).max())
 
 
-def test_sample_moments_within_mcse():
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_sample_moments_within_mcse(antithetic):
     q = random_q(16)
     mean, cov = dense(q)
     n = 20_000
-    draws = jax.jit(lrg.sample_n, static_argnums=2)(jax.random.key(17), q, n)
-    w = np.concatenate([np.asarray(x).reshape(n, -1) for x in jax.tree.leaves(draws)], 1)
+    draws = jax.jit(lrg.sample_n, static_argnums=(2, 3))(jax.random.key(17), q, 2 * n, antithetic)
+    w = np.concatenate([np.asarray(x).reshape(2 * n, -1) for x in jax.tree.leaves(draws)], 1)
+    if antithetic:  # the second half mirrors the first through the mean, exactly
+        np.testing.assert_allclose(w[n:], 2 * mean - w[:n], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(w.mean(0), mean, rtol=1e-5, atol=1e-5)
+    w = w[:n]  # independent draws (both halves' second moments about the mean are equal)
     # independent draws: the sd of each estimate is estimated from the sample itself
     num_stats = P + P * (P + 1) // 2
     z_crit = NormalDist().inv_cdf(1 - 1e-3 / (2 * num_stats))  # Bonferroni, family error 1e-3
@@ -312,6 +317,14 @@ def test_sample_moments_within_mcse():
     z_cov = (prods.mean(0) - cov[iu]) / (prods.std(0) / np.sqrt(n))
     assert np.max(np.abs(z_mean)) < z_crit, np.max(np.abs(z_mean))
     assert np.max(np.abs(z_cov)) < z_crit, np.max(np.abs(z_cov))
+
+
+def test_sample_n_rejects_bad_antithetic_arguments():
+    q = random_q(16)
+    with pytest.raises(ValueError, match="num_samples.*even.*3"):
+        lrg.sample_n(jax.random.key(0), q, 3, antithetic=True)
+    with pytest.raises(TypeError, match="antithetic"):
+        lrg.sample_n(jax.random.key(0), q, 4, antithetic="yes")
 
 
 def test_sample_is_reparameterised():

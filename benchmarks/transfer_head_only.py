@@ -13,9 +13,10 @@ same checkpoints, shots, seeds and budget (40 epochs), for SGD, SAM and SA-BMA:
   a larger KL-ball radius ``rho`` (1, 10), at 40 epochs.
 
 Per run: test NLL of the BMA and of q's mean alone (SA-BMA; the point estimate for SGD
-and SAM), training NLL, accuracy and mean top-class probability on the test set of that
-point (how far and how confidently it is trained: confidence − accuracy < 0 is an
-under-confident point, which any averaging makes worse), and the norm of the trained
+and SAM), and of that point: training NLL, top Hessian eigenvalue of the training loss,
+accuracy and mean top-class probability on the test set (how far and how confidently
+it is trained: confidence − accuracy < 0 is an under-confident point, which
+averaging over weights tends to make worse) and the norm of the trained
 block. For SA-BMA also the Euclidean length of its adversarial step on the mean at the
 end of training, ``sqrt(2 rho) |Sigma g| / sqrt(g' Sigma g)`` with ``g`` the full-batch
 training gradient at the mean (an upper bound: the KL ball is shared with q's
@@ -123,6 +124,7 @@ def scores(result, clean: tuple, train: tuple, rho: float) -> dict:
         "norm": float(jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree.leaves(w)))),
         "adversarial_step": step,
         "exact_bma_nll": exact,
+        "lambda_1": float(one.flatness(k=1)["lambda_1_mean"]),
     }
 
 
@@ -177,8 +179,9 @@ def markdown(rows: list[dict], b: dict, quick: bool) -> str:
         "default). Point: q's mean for SA-BMA, the one sample for SGD and SAM. NLL = test "
         "NLL of the BMA (= point for SGD/SAM); BMA − mean: SA-BMA's BMA NLL minus its "
         "mean's; point NLL / ACC, conf − ACC (mean top-class probability on the test set "
-        "minus accuracy: < 0 under-confident), train NLL and |w| (norm of the trained "
-        "block) are the point's. Exact BMA: q's BMA over "
+        "minus accuracy: < 0 under-confident), train NLL, |w| (norm of the trained "
+        "block) and λ1 (top Hessian eigenvalue of the training loss over the block, "
+        "Lanczos) are the point's. Exact BMA: q's BMA over "
         f"{EXACT_DRAWS} antithetic draws (the benchmark's BMA has "
         f"{b['finetune']['num_bma']} independent ones). Step: the Euclidean length of the "
         "adversarial step on the mean at the end of training (SAM: rho; SA-BMA: its KL "
@@ -196,8 +199,8 @@ def markdown(rows: list[dict], b: dict, quick: bool) -> str:
             f"## {grid}",
             "",
             "| run | NLL ↓ | BMA − mean | exact BMA − mean | point NLL ↓ | point ACC ↑ | "
-            "conf − ACC | train NLL | |w| | step | NLL − SAM (same seed) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "conf − ACC | train NLL | |w| | λ1 | step | NLL − SAM (same seed) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
 
         def stat(label, value, digits=3):
@@ -224,6 +227,7 @@ def markdown(rows: list[dict], b: dict, quick: bool) -> str:
                 f"{stat(label, lambda r: r['point_accuracy'])} | "
                 f"{stat(label, lambda r: r['confidence'] - r['point_accuracy'])} | "
                 f"{stat(label, lambda r: r['train_nll'])} | {stat(label, lambda r: r['norm'])} | "
+                f"{stat(label, lambda r: r['lambda_1'], 2)} | "
                 f"{stat(label, lambda r: r.get('adversarial_step'), 4)} | "
                 f"{', '.join(f'{d:+.3f}' for d in diffs)} |"
             )

@@ -711,9 +711,13 @@ def report(quick: bool, results: pathlib.Path) -> dict | None:
         for k, label in (("nll", "NLL"), ("ts_nll", "TS NLL"), ("nll_sev3", "NLL at severity 3"),
                          ("nll_sev5", "NLL at severity 5")):  # fmt: skip
             d1, d2 = diffs[f"sabma-sgd/{k}"], diffs[f"sabma-sam/{k}"]
+            n = len(set(d1["per_seed"]) & set(d2["per_seed"]))
+            if not n:  # e.g. a side-by-side folder of SA-BMA runs alone
+                verdict[k] = None
+                md.append(f"\n- {label}: not measured here (no seed has SA-BMA, SGD and SAM).")
+                continue
             holds = d1["all_negative"] and d2["all_negative"]
             verdict[k] = holds
-            n = len(set(d1["per_seed"]) & set(d2["per_seed"]))
             md.append(
                 f"\n- {label}: SA-BMA beats both SGD and SAM on every seed: "
                 f"**{'yes' if holds else 'no'}** ({n} of {len(b['seeds'])} seeds"

@@ -53,7 +53,9 @@ def test_quick_run_is_cached_resumable_and_reported(tmp_path, capsys):
     grid = summary["grids"]["cnn"]
     assert set(grid["stats"]) == {"sabma", "sgd"}
     assert set(grid["target_holds"]) == {"nll", "ts_nll", "nll_sev3", "nll_sev5"}
+    assert set(grid["target_holds"].values()) == {None}  # no SAM run: no verdict
     md = (results / "transfer_pretrained_quick.md").read_text()
+    assert "NLL: not measured here (no seed has SA-BMA, SGD and SAM)" in md
     assert "SA-BMA − SGD" in md and "every seed" in md and "head alone" in md
     assert (results / "transfer_pretrained_quick.png").exists()
     assert "SA-BMA's estimator: antithetic draws" in md

@@ -461,7 +461,7 @@ def _class_spec(text: str) -> tuple[str, tuple[int, ...] | None]:
 
 
 def _add_transfer(sub) -> None:
-    from flatjax.transfer import LR_SCHEDULES, TRANSFER_METHODS, TransferConfig
+    from flatjax.transfer import BMA_DRAWS, LR_SCHEDULES, TRANSFER_METHODS, TransferConfig
 
     d = TransferConfig()
     methods = ", ".join(f"{k} ({v})" for k, v in TRANSFER_METHODS.items())
@@ -555,6 +555,13 @@ def _add_transfer(sub) -> None:
         help="SA-BMA: CG on the exact Fisher, or its diagonal (cheaper per step)",
     )
     p.add_argument("--num-bma", type=_positive_int, default=d.num_bma, help="BMA samples")
+    p.add_argument(
+        "--bma-draws",
+        choices=BMA_DRAWS,
+        default=d.bma_draws,
+        help="how a Gaussian q's BMA samples are drawn: independent, or antithetic "
+        "(mirrored pairs mu +- e; --num-bma even)",
+    )
     p.add_argument("--hidden", type=_hidden, default=d.hidden, help="MLP widths")
     p.add_argument("--seed", type=int, default=d.seed, help="PRNG seed")
     g = p.add_argument_group(
@@ -778,6 +785,7 @@ def _main_transfer(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
                 backbone=args.backbone,
                 fisher=args.fisher,
                 num_bma=args.num_bma,
+                bma_draws=args.bma_draws,
                 seed=args.seed,
             ).validate()
             for m in methods

@@ -40,6 +40,7 @@ from flatjax.vi import mfvi, sabma, swag
 __all__ = [
     "TRANSFER_METHODS",
     "LR_SCHEDULES",
+    "BMA_DRAWS",
     "finetune_step_size",
     "TransferConfig",
     "SplitParams",
@@ -82,6 +83,9 @@ FRESH_PRIOR_STD = 1.0
 
 #: Fine-tuning learning-rate schedules (:attr:`TransferConfig.lr_schedule`).
 LR_SCHEDULES = ("constant", "cosine")
+
+#: How a Gaussian q's BMA samples are drawn (:attr:`TransferConfig.bma_draws`).
+BMA_DRAWS = ("independent", "antithetic")
 
 
 def finetune_step_size(config: TransferConfig, num_steps: int, scale: float = 1.0) -> Any:
@@ -146,6 +150,13 @@ class TransferConfig:
     neither won everywhere (small CNN: the single draw, ResNet-18: the mirror on two seeds
     of three; ``benchmarks/README.md`` section 4b): compare both on validation data there.
 
+    ``bma_draws`` is how the ``num_bma`` samples of a Gaussian ``q`` (SA-BMA, SWAG,
+    F-SWAG) are drawn: ``"independent"``, or ``"antithetic"`` (mirrored pairs
+    ``mu +- e``, :func:`flatjax.vi.lowrank_gaussian.sample_n`; ``num_bma`` even), whose
+    mean is ``q``'s mean exactly. Over a narrow ``q`` a few independent draws' BMA is
+    mostly Monte-Carlo noise (a linear head: 8 draws 0.0005-0.0023 NLL above the mean on
+    average, where the exact BMA was below it; ``benchmarks/results/transfer_head_only.md``).
+
     ``lr_schedule`` is the fine-tuning learning rate over the steps of every method:
     ``"constant"`` (``lr`` throughout), or ``"cosine"`` (``optax.cosine_decay_schedule``
     from ``lr`` to 0 over the ``epochs``, as SA-BMA's published runs fine-tune).
@@ -170,6 +181,7 @@ class TransferConfig:
     backbone: str = "sample"
     fisher: str = "exact"
     num_bma: int = 30
+    bma_draws: str = "independent"
     weight_decay: float = 5e-4
     temperature: float = 1.0
     eta: float = 1e-2
@@ -229,6 +241,12 @@ class TransferConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(
                 f"`lr_schedule` must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
+            )
+        if self.bma_draws not in BMA_DRAWS:
+            raise ValueError(f"`bma_draws` must be one of {BMA_DRAWS}, got {self.bma_draws!r}")
+        if self.bma_draws == "antithetic" and self.num_bma % 2:
+            raise ValueError(
+                f"`num_bma` must be even with bma_draws='antithetic', got {self.num_bma}"
             )
         return self
 
@@ -349,6 +367,11 @@ def initial_posterior(
             * jax.random.normal(next(keys), (*leaf.shape, k), leaf.dtype)
         )
     return lrg.LowRankGaussian(mean, log_scale, deviations)
+
+
+def _bma_draws(rng_key: jax.Array, q: lrg.LowRankGaussian, config: TransferConfig) -> Any:
+    antithetic = config.bma_draws == "antithetic"
+    return lrg.sample_n(rng_key, q, config.num_bma, antithetic=antithetic)
 
 
 def _thin(samples: Any, num: int) -> Any:
@@ -527,7 +550,7 @@ def finetune_posterior(
         )
         result = run(kernel, kernel.init(q0), step_size=finetune_step_size(config, steps))
         q = jax.tree.map(lambda a: a[0], result.state.q)
-        return FineTuned(lrg.sample_n(bma_key, q, config.num_bma), backbone, draws, q)
+        return FineTuned(_bma_draws(bma_key, q, config), backbone, draws, q)
     if method == "mfvi":
         # MOPED's empirical-Bayes prior N(w, (0.1 |w|)^2) holds at pretrained weights;
         # at a fresh zero head it would pin the mean to 0 (sd = the floor), so fresh
@@ -564,7 +587,7 @@ def finetune_posterior(
     if kind == "swag":
         collected = swag.collect_swag(samples, config.swag_rank)
         q = swag.to_lowrank_gaussian(collected, min_variance=config.min_variance)
-        return FineTuned(lrg.sample_n(bma_key, q, config.num_bma), backbone, draws, q)
+        return FineTuned(_bma_draws(bma_key, q, config), backbone, draws, q)
     if kind == "sampler":
         return FineTuned(_thin(samples, config.num_bma), backbone, draws)
     # point estimates: a single "sample" with the backbone at its mean

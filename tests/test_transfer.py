@@ -106,6 +106,8 @@ def test_variational_part_is_norm_layers_and_a_fresh_head(digits):
         ({"fisher": "kfac"}, "fisher"),
         ({"lr_schedule": "linear"}, "lr_schedule"),
         ({"antithetic": 1}, "antithetic"),
+        ({"bma_draws": "sobol"}, "bma_draws"),
+        ({"bma_draws": "antithetic", "num_bma": 3}, "num_bma.*even.*3"),
         ({"swag_epochs": 4, "swag_rank": 5}, "swag_epochs`=4 .*`swag_rank`=5"),
     ],
 )
@@ -148,6 +150,8 @@ def test_transfer_command_line(tmp_path, capsys):
         "--lr-schedule",
         "cosine",
         "--no-antithetic",
+        "--bma-draws",
+        "antithetic",
         "--out",
         str(tmp_path),
     ]
@@ -158,6 +162,7 @@ def test_transfer_command_line(tmp_path, capsys):
     assert report["config"]["shots"] == 3
     assert report["config"]["lr_schedule"] == "cosine"
     assert report["config"]["antithetic"] is False
+    assert report["config"]["bma_draws"] == "antithetic"
     with pytest.raises(SystemExit):
         cli.main(["transfer", "--source", "digits:x-y"])
     assert "classes" in capsys.readouterr().err

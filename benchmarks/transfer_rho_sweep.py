@@ -12,7 +12,10 @@ with respect to the trainable block at each BMA sample (mean over samples), take
   library's default), and
 * ``at mean``: with the frozen part at the source mean (the measure reported before),
 
-plus lambda_1 of each trainable module alone (the Hessian's diagonal block).
+plus lambda_1 of each trainable module alone (the Hessian's diagonal block). For SA-BMA
+also the Euclidean length of its adversarial step on q's mean at the end of training
+(:func:`benchmarks.transfer_head_only.adversarial_length`, frozen part at the source
+mean), absolute and relative to the norm of the mean.
 
 Usage: ``python -m benchmarks.transfer_rho_sweep [--quick]``.
 """
@@ -23,7 +26,12 @@ import argparse
 import dataclasses
 import time
 
+import jax
+import jax.numpy as jnp
+import optax
+
 from benchmarks._common import fmt, mean_sd, table, write
+from benchmarks.transfer_head_only import adversarial_length
 from flatjax.data import load_digits, split_classes
 from flatjax.transfer import (
     TransferConfig,
@@ -57,7 +65,18 @@ def one_run(config, model, source_swag, split_sets, target) -> dict:
     scored = result.evaluate(target.x_test, target.y_test)
     paired = result.flatness(per_block=True)
     at_mean = result.flatness(backbone="mean")
+    step = {}
+    if config.method == "sabma":
+
+        def train_loss(w):
+            logits = result.apply_fn(result.split.merge(w, result.frozen_mean), x_tr)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y_tr).mean()
+
+        length = adversarial_length(result.q, train_loss, config.rho)
+        norm = jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree.leaves(result.q.mean)))
+        step = {"step": length, "step_relative": length / float(norm)}
     return {
+        **step,
         **{k: scored["raw"][k] for k in ("accuracy", "nll", "ece")},
         **{f"ts_{k}": scored["temperature_scaled"][k] for k in ("nll", "ece")},
         "lambda_1": paired["lambda_1_mean"],
@@ -88,14 +107,15 @@ def main(quick: bool) -> dict:
             runs.setdefault(name, []).append(one_run(config, model, source_swag, sets, target))
             print(f"  transfer_rho_sweep: seed {seed} {name} done", flush=True)
     cols = sorted({k for rs in runs.values() for r in rs for k in r})
-    stats = {m: {k: mean_sd(r[k] for r in rs) for k in cols} for m, rs in runs.items()}
+    stats = {m: {k: mean_sd(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
     blocks = sorted(k for k in cols if k.startswith("lambda_1/"))
     header = ["run", "ACC ↑", "NLL ↓", "ECE ↓", "TS NLL ↓", "λ1 paired", "λ1 at mean"]
-    header += [f"λ1 {k.split('/', 1)[1]}" for k in blocks]
+    header += [f"λ1 {k.split('/', 1)[1]}" for k in blocks] + ["step", "step / |μ|"]
     rows = [
         [m]
         + [fmt(s[k]) for k in ("accuracy", "nll", "ece", "ts_nll")]
         + [fmt(s[k], 4) for k in ("lambda_1", "lambda_1_at_mean", *blocks)]
+        + [fmt(s[k], 5) if k in s else "–" for k in ("step", "step_relative")]
         for m, s in stats.items()
     ]
     md = (
@@ -109,7 +129,10 @@ def main(quick: bool) -> dict:
         "to the trainable block, mean over BMA samples; *paired*: each sample with its own "
         "frozen draw (the default), *at mean*: frozen part at the source mean (the measure "
         "reported before); per-module columns: that module's diagonal block of the "
-        "Hessian.\n\n" + table(header, rows)
+        "Hessian. Step: the Euclidean length of SA-BMA's adversarial step on q's mean at "
+        "the end of training, were the KL ball spent on the mean alone (an upper bound), "
+        "and its ratio to the norm of the mean (SAM's ρ = 0.05 is the length of its "
+        "step).\n\n" + table(header, rows)
     )
     result = {
         "task": "digits 0-4 -> 5-9, 10-shot",

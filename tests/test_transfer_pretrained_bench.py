@@ -135,3 +135,22 @@ def test_q_spread_diagnostic_quick_run_measures_q_and_its_cost(tmp_path, capsys)
     assert q["nll"] > 0 and q["mean_nll"] > 0 and q["logit_sd"] > 0
     assert 0 < q["sigma_ratio_min"] <= q["sigma_ratio_max"] and q["mean_step_bound"] > 0
     assert "| cnn | 0 |" in (out / "transfer_q_spread_quick.md").read_text()
+
+
+@pytest.mark.slow
+def test_rho_sweep_quick_run_measures_nll_flatness_and_the_step(tmp_path, monkeypatch, capsys):
+    from benchmarks import _common, transfer_rho_sweep
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    result = transfer_rho_sweep.main(quick=True)
+    capsys.readouterr()
+    runs = result["runs"]
+    assert set(runs) == {"sgd"} | {f"sabma rho={r:g}" for r in transfer_rho_sweep.RHOS}
+    for name, rs in runs.items():
+        for r in rs:
+            assert r["nll"] > 0 and r["lambda_1"] > 0 and r["lambda_1/head"] > 0
+            assert ("step" in r) == name.startswith("sabma")
+    assert all(r["step"] == 0.0 for r in runs["sabma rho=0"])  # no ball, no step
+    assert all(r["step"] > 0 and r["step_relative"] > 0 for r in runs["sabma rho=1"])
+    md = (tmp_path / "transfer_rho_sweep_quick.md").read_text()
+    assert "step / |μ|" in md and "| sgd |" in md

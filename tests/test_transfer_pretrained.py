@@ -115,14 +115,12 @@ def test_antithetic_bma_draws_pair_up_around_q(method, data):
     x, y = data
     params = _init(NormNet(3), x)
     kwargs = {**FAST, "method": method, "num_bma": 4}
-    plain = finetune_pretrained(NormNet(3), params, (x, y), **kwargs)
-    mirrored = finetune_pretrained(NormNet(3), params, (x, y), bma_draws="antithetic", **kwargs)
-    for path, mean in mirrored.q.mean.items():  # same training, so the same q
-        np.testing.assert_array_equal(mean, plain.q.mean[path])
-        w = mirrored.samples[path]
+    result = finetune_pretrained(NormNet(3), params, (x, y), bma_draws="antithetic", **kwargs)
+    assert result.config.bma_draws == "antithetic"
+    for path, mean in result.q.mean.items():
+        w = result.samples[path]
         np.testing.assert_allclose(w[2:], 2 * mean - w[:2], rtol=1e-5, atol=1e-6)
-        assert not np.allclose(plain.samples[path].mean(0), mean, atol=1e-6)
-    assert mirrored.config.bma_draws == "antithetic"
+        assert not np.allclose(w[0], mean, atol=1e-6)  # a draw, not the mean itself
 
 
 def test_head_kept_or_reinitialised(data):
